@@ -1,0 +1,128 @@
+"""Orbax checkpoints of the train state, with the config they were trained with.
+
+Each checkpoint `checkpoints/<step>/` holds two items: `state` (the train state; its typed PRNG
+key stored as raw key data) and `meta` (JSON: the resolved config). Orbax writes each checkpoint
+to a temporary directory and renames it when complete, so a partial write is never listed.
+
+Resuming refuses, with the fields named, a checkpoint whose config differs in anything but
+`config.RESUME_SAFE_FIELDS`, and reports a checkpoint it cannot read instead of training over it.
+Nothing in the workdir is changed by a refused resume.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from vae_jax import config as config_lib
+from vae_jax.errors import WorkdirError
+
+
+def _to_storable(state):
+    """Orbax stores arrays of numbers: replace the typed key by its raw key data."""
+    return state.replace(key=jax.random.key_data(state.key))
+
+
+def _from_storable(stored, like):
+    return stored.replace(key=jax.random.wrap_key_data(stored.key, impl=jax.random.key_impl(like.key)))
+
+
+def _shapes(tree) -> dict:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+class CheckpointStore:
+    """Saves and restores train states under `directory` (created on first save)."""
+
+    def __init__(self, directory: str, max_to_keep: int):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore_latest(self, initial_state, config: ml_collections.ConfigDict) -> tuple[Any, int]:
+        """The latest checkpoint's state, or `initial_state` if there is none.
+
+        Args:
+          initial_state: a freshly initialised train state; gives the structure, shapes and dtypes
+            to restore into.
+          config: the current config; must agree with the checkpoint's (see module docstring).
+
+        Returns:
+          (state, step): step is 0 when nothing was restored.
+
+        Raises:
+          WorkdirError: the checkpoint was trained with another config or model shape, or cannot
+            be read. The checkpoint is left as it is.
+        """
+        step = self.latest_step()
+        if step is None:
+            return initial_state, 0
+        where = os.path.join(self.directory, str(step))
+        try:
+            meta = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            ).meta
+            saved_config = meta["config"]
+        except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
+            raise WorkdirError(
+                f"the checkpoint {where} cannot be read ({_first_line(error)}); it was left "
+                "untouched. Move it away to resume from an earlier one, or use a new --workdir."
+            ) from error
+        differences = config_lib.resume_incompatibilities(saved_config, config)
+        if differences:
+            raise WorkdirError(
+                f"the workdir's checkpoint {where} was trained with another config, so it cannot be "
+                f"resumed: {'; '.join(differences)}. Use a new --workdir, or the checkpoint's values."
+            )
+        target = _to_storable(initial_state)
+        try:
+            saved_shapes = _shapes(self._manager.item_metadata(step)["state"].tree)
+        except Exception:  # noqa: BLE001 - metadata is a courtesy check; restore decides below
+            saved_shapes = None
+        if saved_shapes is not None and saved_shapes != _shapes(target):
+            raise WorkdirError(
+                f"the checkpoint {where} holds a model of another shape than this code builds from "
+                "the same config; it was left untouched. Use a new --workdir."
+            )
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            ).state
+        except Exception as error:  # noqa: BLE001
+            raise WorkdirError(
+                f"the checkpoint {where} cannot be read ({_first_line(error)}); it was left "
+                "untouched. Move it away to resume from an earlier one, or use a new --workdir."
+            ) from error
+        return _from_storable(restored, initial_state), step
+
+    def save(self, step: int, state, config: ml_collections.ConfigDict) -> None:
+        """Starts an asynchronous save; the arrays are copied before this returns, so the caller
+        may donate `state` to the next step right away."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_storable(state)),
+                meta=ocp.args.JsonSave({"config": config_lib.config_to_dict(config)}),
+            ),
+            force=True,
+        )
+
+    def close(self) -> None:
+        """Waits for the last save to be complete on disk."""
+        self._manager.wait_until_finished()
+        self._manager.close()

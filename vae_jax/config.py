@@ -1,0 +1,208 @@
+"""The configuration schema: every field, its default, and its validation.
+
+`get_config()` returns the default run, which reproduces the Flax VAE example (MLP 784-500-20,
+batch 128, Adam 1e-3, 30 epochs, binarized MNIST). It also defines the schema: a config with a
+field that is not here (a typo in an experiment file) is rejected by `validate_config`, with the
+closest valid name suggested.
+
+`experiments/*.py` start from this and change a few fields; `--config.<field>=<value>` overrides
+on the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from vae_jax.errors import ConfigError
+
+DATASETS = ("binarized_mnist",)
+MODELS = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+EVAL_SPLITS = ("test", "valid")
+
+# Fields that may differ between a checkpoint and the run that resumes it: they change how long
+# the run goes on, how often it saves and what it prints, never the computation of a step.
+RESUME_SAFE_FIELDS = frozenset(
+    {"num_epochs", "max_steps", "checkpoint_every_epochs", "max_to_keep", "progress_bar",
+     "eval_batch_size", "num_image_examples"}
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The default run: the Flax VAE example's settings on statically binarized MNIST."""
+    config = ml_collections.ConfigDict()
+
+    # Data.
+    config.dataset = "binarized_mnist"
+    config.eval_split = "test"  # evaluated after every epoch; 'valid' for model selection
+    config.max_train_examples = 0  # 0 = the whole split; a prefix, for smoke runs and tests
+    config.max_eval_examples = 0  # 0 = the whole split
+    config.dynamic_binarization = False  # resample x ~ Bernoulli(pixel) each step (grayscale data)
+
+    # Model.
+    config.model = "mlp"  # 'mlp' | 'conv'
+    config.latents = 20
+    config.hidden_sizes = (500,)  # MLP: hidden layer widths of the encoder (decoder mirrors)
+    config.conv_features = (32, 64)  # conv: channels of the stride-2 convolutions
+    config.conv_hidden = 256  # conv: width of the dense layer between convolutions and latents
+    config.dropout_rate = 0.0  # conv encoder only
+
+    # Objective: -ELBO_beta = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)), nats per example.
+    config.likelihood = "bernoulli"  # 'bernoulli' | 'gaussian' (fixed sigma) | 'gaussian_learned'
+    config.gaussian_scale = 1.0  # sigma of the fixed-scale Gaussian likelihood
+    config.beta = 1.0
+
+    # Optimization.
+    config.optimizer = "adam"
+    config.learning_rate = 1e-3
+    config.lr_schedule = "constant"  # 'constant' | 'cosine' | 'warmup_cosine'
+    config.warmup_steps = 0
+    config.adam_eps = 1e-8
+    config.weight_decay = 0.0  # adamw only
+    config.batch_size = 128
+    config.num_epochs = 30
+    config.max_steps = 0  # 0 = no cap; otherwise stop after this many steps (smoke runs)
+    config.seed = 0
+
+    # Outputs.
+    config.eval_batch_size = 1000
+    config.checkpoint_every_epochs = 1
+    config.max_to_keep = 3
+    config.num_image_examples = 32  # test images reconstructed and prior samples drawn per grid
+    config.progress_bar = True
+    return config
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_choice(config, field: str, allowed: tuple[str, ...]) -> None:
+    value = config[field]
+    _require(
+        value in allowed,
+        f"{field}={value!r} is not known; allowed: {', '.join(repr(a) for a in allowed)}.",
+    )
+
+
+def _check_int(config, field: str, minimum: int) -> None:
+    value = config[field]
+    _require(
+        _is_int(value) and value >= minimum,
+        f"{field}={value!r} must be an integer >= {minimum}.",
+    )
+
+
+def _check_positive_float(config, field: str, allow_zero: bool = False) -> None:
+    value = config[field]
+    ok = _is_number(value) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    bound = ">= 0" if allow_zero else "> 0"
+    _require(ok, f"{field}={value!r} must be a finite number {bound}.")
+
+
+def _check_sizes(config, field: str) -> None:
+    value = config[field]
+    ok = isinstance(value, (tuple, list)) and len(value) >= 1 and all(
+        _is_int(v) and v >= 1 for v in value
+    )
+    _require(ok, f"{field}={value!r} must be a non-empty tuple of positive integers, e.g. (500,).")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Rejects an invalid config with one sentence naming the field, its value and what is allowed.
+
+    Checks what can be checked without data; `train.py` checks the rest (batch size against the
+    split size) right after loading the data, still before any compilation.
+
+    Raises:
+      ConfigError: the first problem found.
+    """
+    schema = get_config()
+    for field in config.keys():
+        if field not in schema:
+            close = difflib.get_close_matches(field, list(schema.keys()), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ConfigError(f"unknown config field {field!r}{hint}")
+    for field in schema.keys():
+        _require(field in config, f"config field {field!r} is missing; start from get_config().")
+
+    _check_choice(config, "dataset", DATASETS)
+    _check_choice(config, "eval_split", EVAL_SPLITS)
+    _check_choice(config, "model", MODELS)
+    _check_choice(config, "likelihood", LIKELIHOODS)
+    _check_choice(config, "optimizer", OPTIMIZERS)
+    _check_choice(config, "lr_schedule", LR_SCHEDULES)
+
+    for field in ("latents", "batch_size", "eval_batch_size", "num_epochs",
+                  "checkpoint_every_epochs", "max_to_keep", "conv_hidden"):
+        _check_int(config, field, 1)
+    for field in ("max_train_examples", "max_eval_examples", "max_steps", "warmup_steps",
+                  "num_image_examples", "seed"):
+        _check_int(config, field, 0)
+    _check_sizes(config, "hidden_sizes")
+    _check_sizes(config, "conv_features")
+
+    for field in ("learning_rate", "gaussian_scale", "adam_eps"):
+        _check_positive_float(config, field)
+    for field in ("beta", "weight_decay"):
+        _check_positive_float(config, field, allow_zero=True)
+    rate = config.dropout_rate
+    _require(
+        _is_number(rate) and 0.0 <= rate < 1.0,
+        f"dropout_rate={rate!r} must be a number in [0, 1).",
+    )
+    for field in ("dynamic_binarization", "progress_bar"):
+        _require(
+            isinstance(config[field], bool),
+            f"{field}={config[field]!r} must be True or False.",
+        )
+    _require(
+        config.dropout_rate == 0.0 or config.model == "conv",
+        f"dropout_rate={config.dropout_rate!r} applies to model='conv' only; "
+        f"model={config.model!r} has no dropout.",
+    )
+    _require(
+        config.weight_decay == 0.0 or config.optimizer == "adamw",
+        f"weight_decay={config.weight_decay!r} needs optimizer='adamw'; "
+        f"optimizer={config.optimizer!r} has none.",
+    )
+    _require(
+        config.lr_schedule != "warmup_cosine" or config.warmup_steps > 0,
+        "lr_schedule='warmup_cosine' needs warmup_steps >= 1.",
+    )
+
+
+def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
+    """A JSON-ready plain dict; tuples become lists so that dicts compare equal after a round trip."""
+    plain = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}
+
+
+def resume_incompatibilities(saved: Mapping, current: Mapping) -> list[str]:
+    """Fields whose values differ in a way that would change the computation of a resumed run."""
+    saved, current = config_to_dict(saved), config_to_dict(current)
+    differences = []
+    for field in sorted(set(saved) | set(current)):
+        if field in RESUME_SAFE_FIELDS:
+            continue
+        if saved.get(field) != current.get(field):
+            differences.append(
+                f"{field}={saved.get(field)!r} in the checkpoint, {current.get(field)!r} now"
+            )
+    return differences

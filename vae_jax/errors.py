@@ -1,0 +1,21 @@
+"""Errors that end a run with one clear sentence for the user instead of a traceback.
+
+`main.py` prints these as `error: <message>` and exits with status 2. Anything else that escapes
+is a bug and keeps its traceback.
+"""
+
+
+class VaeJaxError(Exception):
+    """A problem the user can fix: bad input, an unusable workdir, a run that diverged."""
+
+
+class ConfigError(VaeJaxError):
+    """A config field has a value that is not allowed."""
+
+
+class WorkdirError(VaeJaxError):
+    """The workdir cannot be used: unwritable, or it holds a checkpoint that cannot be resumed."""
+
+
+class DivergenceError(VaeJaxError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,354 @@
+"""Training and evaluation: the train state, the jitted step, the epoch as one `lax.scan`.
+
+The path of a batch: the training split lives on the device as uint8; each epoch, one compiled
+call shuffles it with a key derived from the epoch number, then scans `train_step` over the
+batches, gathering each batch by index on the device. The host sees the device only between
+epochs: to evaluate the test split, log a line of metrics, draw PNG grids and start an
+asynchronous checkpoint.
+
+Randomness: one root key from `config.seed`; each stream (init, training noise, shuffling,
+evaluation, pictures) folds in its own constant, and within a stream every draw folds in the step,
+epoch or example index. A run is reproducible, and a resumed run draws exactly what the
+uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+
+from vae_jax import checkpoint, data, models, objectives, outputs
+from vae_jax.config import config_to_dict, validate_config
+from vae_jax.errors import ConfigError, DivergenceError
+
+# Key streams: fold_in(root, STREAM) then fold_in(stream, step / epoch / example index).
+INIT_STREAM, TRAIN_STREAM, SHUFFLE_STREAM, EVAL_STREAM, PICTURES_STREAM = range(5)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, and nothing else.
+
+    Attributes:
+      step: int32 scalar, the number of updates applied so far.
+      params: the model's variables.
+      opt_state: the optimizer's state.
+      key: typed PRNG key, the root of every draw (see the module docstring).
+    """
+
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def stream_key(root_key: jax.Array, stream: int) -> jax.Array:
+    return jax.random.fold_in(root_key, stream)
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 pixels 0..255 -> float32 in [0, 1] (0 and 255 map to exactly 0 and 1)."""
+    return images.astype(jnp.float32) * (1.0 / 255.0)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+    """Adam (or AdamW) with the configured learning-rate schedule over `total_steps`."""
+    rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        rate = optax.cosine_decay_schedule(rate, decay_steps=max(total_steps, 1))
+    elif config.lr_schedule == "warmup_cosine":
+        rate = optax.warmup_cosine_decay_schedule(
+            0.0, rate, config.warmup_steps, max(total_steps, config.warmup_steps + 1)
+        )
+    if config.optimizer == "adamw":
+        return optax.adamw(rate, eps=config.adam_eps, weight_decay=config.weight_decay)
+    return optax.adam(rate, eps=config.adam_eps)
+
+
+def create_train_state(model: models.VAE, optimizer, image_shape, latents: int, seed: int):
+    """A fresh train state: parameters drawn from the INIT stream of `seed`."""
+    root_key = jax.random.key(seed)
+    example_x = jnp.zeros((1, *image_shape), jnp.float32)
+    example_z = jnp.zeros((1, latents), jnp.float32)
+    params = jax.jit(model.init)(stream_key(root_key, INIT_STREAM), example_x, example_z)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        key=root_key,
+    )
+
+
+def make_train_step(loss_fn: Callable, optimizer, dynamic_binarization: bool = False):
+    """One update: (state, uint8 batch) -> (state, metrics of that batch).
+
+    The step's key is fold_in(TRAIN stream, step): independent of everything but the seed and
+    the step, so a resumed run continues with the same draws.
+    """
+
+    def train_step(state: TrainState, images: jax.Array):
+        step_key = jax.random.fold_in(stream_key(state.key, TRAIN_STREAM), state.step)
+        loss_key, binarize_key = jax.random.split(step_key)
+        x = to_float(images)
+        if dynamic_binarization:
+            x = jax.random.bernoulli(binarize_key, x).astype(jnp.float32)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, loss_key, state.step)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_train_epoch(train_step: Callable, batch_size: int, steps_per_epoch: int, num_steps: int):
+    """Runs `num_steps` updates of one epoch as a single `lax.scan`.
+
+    Returns `train_epoch(state, images) -> (state, per-step metrics)`, where images is the whole
+    (N, H, W, C) uint8 training split on the device. The epoch's order is a permutation drawn from
+    fold_in(SHUFFLE stream, epoch); batch b of the epoch is its slice [b*B, (b+1)*B), and the
+    remainder N mod B is dropped. The call starts at batch `state.step % steps_per_epoch`, so a
+    run resumed mid-epoch sees the batches it would have seen; a call never crosses an epoch end.
+    """
+
+    def train_epoch(state: TrainState, images: jax.Array):
+        epoch = state.step // steps_per_epoch
+        first_batch = state.step % steps_per_epoch
+        order_key = jax.random.fold_in(stream_key(state.key, SHUFFLE_STREAM), epoch)
+        order = jax.random.permutation(order_key, images.shape[0])
+
+        def body(state, batch_offset):
+            start = (first_batch + batch_offset) * batch_size
+            indices = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
+            return train_step(state, images[indices])
+
+        return jax.lax.scan(body, state, jnp.arange(num_steps))
+
+    return train_epoch
+
+
+def make_evaluate(model: models.VAE, batch_size: int, num_examples: int):
+    """Mean single-sample ELBO terms over a whole split: `evaluate(params, images, key) -> dict`.
+
+    `images` is the split padded to a multiple of `batch_size` (see `pad_to_multiple`); the first
+    `num_examples` count. Example i's noise comes from fold_in(key, i), so the figures do not
+    depend on the evaluation batch size.
+    """
+
+    def evaluate(params, images: jax.Array, key: jax.Array) -> dict:
+        num_batches = images.shape[0] // batch_size
+        batches = images.reshape((num_batches, batch_size, *images.shape[1:]))
+
+        def body(totals, batch_index):
+            indices = batch_index * batch_size + jnp.arange(batch_size)
+            noise_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+            terms = objectives.elbo_terms(model, params, to_float(batches[batch_index]), noise_keys)
+            weight = (indices < num_examples).astype(jnp.float32)
+            return {k: totals[k] + jnp.sum(weight * terms[k]) for k in totals}, None
+
+        zeros = {k: jnp.zeros((), jnp.float32) for k in ("elbo", "kl", "recon")}
+        totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+        return {k: v / num_examples for k, v in totals.items()}
+
+    return evaluate
+
+
+def make_pictures(model: models.VAE, num_samples: int):
+    """`pictures(params, images, key) -> (reconstructions, samples)`, both E[x|z] in [0, 1].
+
+    Reconstructions decode the posterior mean of each image; samples decode z ~ N(0, I) drawn
+    from `key`, the same every epoch so that grids are comparable across epochs.
+    """
+
+    def pictures(params, images: jax.Array, key: jax.Array):
+        mean, _ = model.apply(params, to_float(images), method="encode")
+        reconstructions = objectives.likelihood_mean(*model.apply(params, mean, method="decode"))
+        z = jax.random.normal(key, (num_samples, mean.shape[-1]))
+        samples = objectives.likelihood_mean(*model.apply(params, z, method="decode"))
+        return reconstructions, samples
+
+    return pictures
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    padding = (-images.shape[0]) % multiple
+    if padding == 0:
+        return images
+    return np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+
+
+def _first_examples(images: np.ndarray, limit: int) -> np.ndarray:
+    return images if limit == 0 else images[:limit]
+
+
+def _check_finite(step_metrics: dict, first_step: int, epoch: int, last_checkpoint, config):
+    """Raises DivergenceError naming the first step whose loss or terms are not finite."""
+    bad = ~np.isfinite(step_metrics["loss"])
+    if not bad.any():
+        return
+    offset = int(np.argmax(bad))
+    values = ", ".join(f"{name}={float(v[offset]):.6g}" for name, v in sorted(step_metrics.items()))
+    kept = (
+        f"the last good checkpoint (step {last_checkpoint}) is kept"
+        if last_checkpoint
+        else "no checkpoint had been written"
+    )
+    raise DivergenceError(
+        f"the training loss became non-finite at step {first_step + offset + 1} (epoch {epoch}): "
+        f"{values}; {kept}. Lower learning_rate (now {config.learning_rate}) or check the data."
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Trains, or resumes training, as `config` says, and writes everything into `workdir`.
+
+    Returns:
+      The records of metrics.jsonl after the run: one per finished epoch.
+
+    Raises:
+      VaeJaxError (or a subclass): a problem the user can fix, found before anything was changed
+        in the workdir (or, for a diverging run, before the bad state was saved).
+    """
+    validate_config(config)
+    workdir = outputs.prepare_workdir(workdir)
+
+    dataset = data.load_dataset(config.dataset)
+    train_images = _first_examples(dataset.split("train"), config.max_train_examples)
+    eval_images = _first_examples(dataset.split(config.eval_split), config.max_eval_examples)
+    num_train = train_images.shape[0]
+    if config.batch_size > num_train:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is larger than the training split of "
+            f"{config.dataset!r} ({num_train} examples); allowed: 1 to {num_train}."
+        )
+    eval_batch_size = min(config.eval_batch_size, eval_images.shape[0])
+    steps_per_epoch = num_train // config.batch_size
+    schedule_steps = config.num_epochs * steps_per_epoch
+    total_steps = min(schedule_steps, config.max_steps) if config.max_steps else schedule_steps
+
+    model = models.build_model(config, dataset.image_shape)
+    optimizer = build_optimizer(config, schedule_steps)
+    initial_state = create_train_state(
+        model, optimizer, dataset.image_shape, config.latents, config.seed
+    )
+    checkpoints = checkpoint.CheckpointStore(
+        os.path.join(workdir, "checkpoints"), config.max_to_keep
+    )
+    state, restored_step = checkpoints.restore_latest(initial_state, config)
+
+    # Every check has passed: from here on the workdir is written.
+    outputs.write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
+    metrics_log = outputs.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+    dropped = metrics_log.rewind(restored_step)
+    if restored_step:
+        logging.info("Resumed from the checkpoint at step %d.", restored_step)
+    if dropped:
+        logging.info("Dropped %d metric records past step %d; they will be redone.", dropped,
+                     restored_step)
+    if restored_step >= total_steps:
+        logging.info("Already trained to step %d of %d; raise num_epochs to go on.",
+                     restored_step, total_steps)
+        checkpoints.close()
+        return metrics_log.read()
+
+    train_step = make_train_step(
+        objectives.make_elbo_loss(model, config.beta), optimizer, config.dynamic_binarization
+    )
+    train_on_device = jax.device_put(train_images)
+    eval_on_device = jax.device_put(pad_to_multiple(eval_images, eval_batch_size))
+    evaluate = jax.jit(make_evaluate(model, eval_batch_size, eval_images.shape[0]))
+    picture_inputs = jax.device_put(eval_images[: config.num_image_examples])
+    pictures = jax.jit(make_pictures(model, config.num_image_examples))
+    eval_key = stream_key(state.key, EVAL_STREAM)
+    pictures_key = stream_key(state.key, PICTURES_STREAM)
+
+    @functools.cache
+    def compiled_epoch(num_steps: int):
+        """The epoch program for a number of steps: compiled once, ahead of time, so that no
+        epoch's timing includes compilation (a shorter last epoch compiles a second program)."""
+        started = time.perf_counter()
+        epoch_fn = make_train_epoch(train_step, config.batch_size, steps_per_epoch, num_steps)
+        program = jax.jit(epoch_fn, donate_argnums=0).lower(state, train_on_device).compile()
+        logging.info("Compiled the %d-step epoch in %.2f s.", num_steps,
+                     time.perf_counter() - started)
+        return program
+
+    split = config.eval_split
+    step = restored_step
+    last_checkpoint = restored_step
+    progress = tqdm.tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+                         disable=not config.progress_bar, desc="training")
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch + 1
+            num_steps = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
+            program = compiled_epoch(num_steps)
+
+            started = time.perf_counter()
+            state, step_metrics = program(state, train_on_device)
+            step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
+            train_seconds = time.perf_counter() - started
+
+            _check_finite(step_metrics, step, epoch, last_checkpoint, config)
+            eval_metrics = jax.device_get(evaluate(state.params, eval_on_device, eval_key))
+            if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
+                raise DivergenceError(
+                    f"the {split} ELBO became non-finite after step {step + num_steps} "
+                    f"(epoch {epoch}): {eval_metrics}; the last good checkpoint (step "
+                    f"{last_checkpoint}) is kept. Lower learning_rate (now {config.learning_rate})."
+                )
+            step += num_steps
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "train_elbo": float(np.mean(step_metrics["elbo"])),
+                "train_kl": float(np.mean(step_metrics["kl"])),
+                "train_recon": float(np.mean(step_metrics["recon"])),
+                "train_loss": float(np.mean(step_metrics["loss"])),
+                f"{split}_elbo": float(eval_metrics["elbo"]),
+                f"{split}_kl": float(eval_metrics["kl"]),
+                f"{split}_recon": float(eval_metrics["recon"]),
+                "train_seconds": train_seconds,
+                "examples_per_second": num_steps * config.batch_size / train_seconds,
+            }
+            metrics_log.append(record)
+
+            reconstructions, samples = jax.device_get(
+                pictures(state.params, picture_inputs, pictures_key)
+            )
+            images_dir = os.path.join(workdir, "images")
+            outputs.save_reconstructions(
+                os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
+                np.asarray(eval_images[: config.num_image_examples], np.float32) / 255.0,
+                reconstructions,
+            )
+            outputs.save_samples(os.path.join(images_dir, f"samples_epoch_{epoch:03d}.png"), samples)
+
+            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+                checkpoints.save(step, state, config)
+                last_checkpoint = step
+
+            progress.update(num_steps)
+            progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
+            logging.info(
+                "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) nats; "
+                "%.2f s, %.0f examples/s",
+                epoch, math.ceil(total_steps / steps_per_epoch), step, record["train_elbo"], split,
+                record[f"{split}_elbo"], record[f"{split}_recon"], record[f"{split}_kl"],
+                train_seconds, record["examples_per_second"],
+            )
+    finally:
+        progress.close()
+        checkpoints.close()
+    return metrics_log.read()
