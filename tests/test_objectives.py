@@ -52,7 +52,8 @@ def test_gaussian_log_likelihood_by_hand():
     log_scale = jnp.log(jnp.array([0.5, 2.0, 1.0]))
     sigma = np.exp(np.asarray(log_scale))
     expected = np.sum(
-        -0.5 * np.log(2 * np.pi * sigma**2) - (np.asarray(x) - np.asarray(mean)) ** 2 / (2 * sigma**2)
+        -0.5 * np.log(2 * np.pi * sigma**2)
+        - (np.asarray(x) - np.asarray(mean)) ** 2 / (2 * sigma**2)
     )
     np.testing.assert_allclose(
         objectives.gaussian_log_likelihood(x, mean, log_scale)[0], expected, rtol=1e-6
@@ -81,8 +82,10 @@ def test_per_example_keys_make_draws_independent_of_batching():
     mean, log_variance = jnp.zeros((6, 3)), jnp.zeros((6, 3))
     whole = objectives.reparameterize(keys, mean, log_variance)
     halves = jnp.concatenate(
-        [objectives.reparameterize(keys[:3], mean[:3], log_variance[:3]),
-         objectives.reparameterize(keys[3:], mean[3:], log_variance[3:])]
+        [
+            objectives.reparameterize(keys[:3], mean[:3], log_variance[:3]),
+            objectives.reparameterize(keys[3:], mean[3:], log_variance[3:]),
+        ]
     )
     np.testing.assert_array_equal(whole, halves)
 
@@ -106,7 +109,8 @@ def _tiny_model_and_params():
         },
     }
     hand = jax.tree.map(
-        lambda v: jnp.asarray(v, jnp.float32), {"params": weights},
+        lambda v: jnp.asarray(v, jnp.float32),
+        {"params": weights},
         is_leaf=lambda v: isinstance(v, list),
     )
     assert jax.tree.structure(hand) == jax.tree.structure(params)
@@ -175,7 +179,7 @@ def test_gaussian_likelihoods_in_the_model(likelihood):
     )
     x = jax.random.uniform(jax.random.key(0), (3, 2, 2, 1))
     params = model.init(jax.random.key(1), x, jnp.zeros((3, 2)))
-    location, log_scale = model.apply(params, jnp.ones((3, 2)), method="decode")
+    _, log_scale = model.apply(params, jnp.ones((3, 2)), method="decode")
     if likelihood == "gaussian":
         assert "pixel_log_scale" not in params["params"]
         np.testing.assert_allclose(log_scale, math.log(0.5), rtol=1e-6)

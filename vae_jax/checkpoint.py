@@ -28,17 +28,32 @@ def _to_storable(state):
 
 
 def _from_storable(stored, like):
-    return stored.replace(key=jax.random.wrap_key_data(stored.key, impl=jax.random.key_impl(like.key)))
+    return stored.replace(
+        key=jax.random.wrap_key_data(stored.key, impl=jax.random.key_impl(like.key))
+    )
+
+
+def _path_name(path) -> str:
+    """'opt_state/0/mu/params/...': the same whether a node is a dataclass, a namedtuple or the
+    dict that Orbax's metadata makes of it."""
+    return "/".join(
+        str(getattr(entry, "name", getattr(entry, "key", getattr(entry, "idx", entry))))
+        for entry in path
+    )
 
 
 def _shapes(tree) -> dict:
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+    return {_path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The gist of a storage error: its first line, without TensorStore's spec dump."""
+    lines = str(error).strip().splitlines()
+    text = (lines[0] if lines else "").split(" [tensorstore_spec")[0]
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}"
 
 
 class CheckpointStore:
@@ -49,6 +64,11 @@ class CheckpointStore:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False),
+            # Named up front so that metadata can be read before anything is restored or saved.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -78,7 +98,7 @@ class CheckpointStore:
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
             ).meta
             saved_config = meta["config"]
-        except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
+        except Exception as error:  # any failure to read means the same to the user
             raise WorkdirError(
                 f"the checkpoint {where} cannot be read ({_first_line(error)}); it was left "
                 "untouched. Move it away to resume from an earlier one, or use a new --workdir."
@@ -92,7 +112,7 @@ class CheckpointStore:
         target = _to_storable(initial_state)
         try:
             saved_shapes = _shapes(self._manager.item_metadata(step)["state"].tree)
-        except Exception:  # noqa: BLE001 - metadata is a courtesy check; restore decides below
+        except Exception:  # noqa: BLE001 - a courtesy check; the restore below decides
             saved_shapes = None
         if saved_shapes is not None and saved_shapes != _shapes(target):
             raise WorkdirError(
@@ -103,7 +123,7 @@ class CheckpointStore:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             ).state
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # as above: unreadable, whatever the cause
             raise WorkdirError(
                 f"the checkpoint {where} cannot be read ({_first_line(error)}); it was left "
                 "untouched. Move it away to resume from an earlier one, or use a new --workdir."
@@ -126,3 +146,9 @@ class CheckpointStore:
         """Waits for the last save to be complete on disk."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

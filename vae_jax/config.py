@@ -30,8 +30,15 @@ EVAL_SPLITS = ("test", "valid")
 # Fields that may differ between a checkpoint and the run that resumes it: they change how long
 # the run goes on, how often it saves and what it prints, never the computation of a step.
 RESUME_SAFE_FIELDS = frozenset(
-    {"num_epochs", "max_steps", "checkpoint_every_epochs", "max_to_keep", "progress_bar",
-     "eval_batch_size", "num_image_examples"}
+    {
+        "num_epochs",
+        "max_steps",
+        "checkpoint_every_epochs",
+        "max_to_keep",
+        "progress_bar",
+        "eval_batch_size",
+        "num_image_examples",
+    }
 )
 
 
@@ -118,8 +125,10 @@ def _check_positive_float(config, field: str, allow_zero: bool = False) -> None:
 
 def _check_sizes(config, field: str) -> None:
     value = config[field]
-    ok = isinstance(value, (tuple, list)) and len(value) >= 1 and all(
-        _is_int(v) and v >= 1 for v in value
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) >= 1
+        and all(_is_int(v) and v >= 1 for v in value)
     )
     _require(ok, f"{field}={value!r} must be a non-empty tuple of positive integers, e.g. (500,).")
 
@@ -134,12 +143,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       ConfigError: the first problem found.
     """
     schema = get_config()
-    for field in config.keys():
+    for field in config:
         if field not in schema:
-            close = difflib.get_close_matches(field, list(schema.keys()), n=1)
+            close = difflib.get_close_matches(field, list(schema), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "."
             raise ConfigError(f"unknown config field {field!r}{hint}")
-    for field in schema.keys():
+    for field in schema:
         _require(field in config, f"config field {field!r} is missing; start from get_config().")
 
     _check_choice(config, "dataset", DATASETS)
@@ -149,11 +158,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "optimizer", OPTIMIZERS)
     _check_choice(config, "lr_schedule", LR_SCHEDULES)
 
-    for field in ("latents", "batch_size", "eval_batch_size", "num_epochs",
-                  "checkpoint_every_epochs", "max_to_keep", "conv_hidden"):
+    for field in (
+        "latents",
+        "batch_size",
+        "eval_batch_size",
+        "num_epochs",
+        "checkpoint_every_epochs",
+        "max_to_keep",
+        "conv_hidden",
+    ):
         _check_int(config, field, 1)
-    for field in ("max_train_examples", "max_eval_examples", "max_steps", "warmup_steps",
-                  "num_image_examples", "seed"):
+    for field in (
+        "max_train_examples",
+        "max_eval_examples",
+        "max_steps",
+        "warmup_steps",
+        "num_image_examples",
+        "seed",
+    ):
         _check_int(config, field, 0)
     _check_sizes(config, "hidden_sizes")
     _check_sizes(config, "conv_features")

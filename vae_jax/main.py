@@ -20,21 +20,32 @@ from vae_jax.errors import VaeJaxError
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, images, checkpoints.")
-flags.mark_flag_as_required("workdir")
-config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "A config file with get_config(); default: vae_jax/config.py.",
-    lock_config=True,
-)
+
+
+def _define_flags() -> None:
+    """Defined on start, not on import: ml_collections reads the `--config.<field>` overrides
+    from sys.argv while defining the flag, and an unknown field raises right there."""
+    flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, images, checkpoints.")
+    flags.mark_flag_as_required("workdir")
+    config_flags.DEFINE_config_file(
+        "config",
+        _DEFAULT_CONFIG,
+        "A config file with get_config(); default: vae_jax/config.py.",
+        lock_config=True,
+    )
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Drops the INFO chatter of Orbax (a dozen lines per checkpoint) and of JAX's backend probe;
-    their warnings and errors still show."""
+    """Drops the INFO chatter of Orbax (a dozen lines per checkpoint) and of JAX's backend probe,
+    and asyncio's reports of the orphaned sibling reads of a failed Orbax restore (that failure
+    is already reported in one line). Other warnings and errors still show."""
 
     _NOISY_PATHS = (f"{os.sep}orbax{os.sep}", f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py")
+    _ORPHANS = ("Task exception was never retrieved", "Future exception was never retrieved")
 
     def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.name == "asyncio" and str(record.msg).startswith(self._ORPHANS):
+            return False
         noisy = any(part in record.pathname for part in self._NOISY_PATHS)
         return record.levelno >= std_logging.WARNING or not noisy
 
@@ -52,9 +63,59 @@ class _AboveProgressBar:
         """sys.stderr stays open: logging closes its handlers' streams at exit."""
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(error: BaseException) -> str:
+    """ml_collections packs its message, with repr quotes and newlines, into a KeyError."""
+    text = str(error.args[0]) if error.args else str(error)
+    while (
+        isinstance(error, (KeyError, AttributeError))
+        and text[:1] in "'\""
+        and text[-1:] == text[:1]
+    ):
+        text = text[1:-1].replace("\\'", "'")
+    return "; ".join(
+        line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()
+    )
+
+
+def _flag_error_message(error: BaseException) -> str:
+    """The flag and its value (first line) and the cause (last line), without the traceback that
+    ml_collections embeds when a config file raises."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Flag errors, an override of a config field that does not exist or has the wrong type,
+    and a config file that raises all end here as one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        _fail(_flag_error_message(error))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        _fail(f"invalid --config override: {_one_line(error)}")
+
+
+def _ignore_closed_event_loop(unraisable) -> None:
+    """After a failed Orbax restore, TensorStore's pending callbacks still try to reach the closed
+    asyncio loop, and each would print a traceback under the clear error message. Drop exactly
+    those; everything else goes to Python's default hook."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sys.unraisablehook = _ignore_closed_event_loop
     absl_handler = logging.get_absl_handler()
     absl_handler.addFilter(_QuietLibraries())
     absl_handler.python_handler.stream = _AboveProgressBar()
@@ -62,15 +123,26 @@ def main(argv: list[str]) -> None:
     from vae_jax import train
 
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        config = FLAGS.config
+        config.keys()  # a config file that failed to load raises on first use
+    except OSError as error:
+        cause = _one_line(error).split("; ")[-1]  # the last line holds the underlying reason
+        _fail(f"--config could not be loaded: {cause}")
+    try:
+        train.train_and_evaluate(config, FLAGS.workdir)
     except VaeJaxError as error:
         logging.flush()
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
 
 
 def run() -> None:
-    app.run(main)
+    try:
+        _define_flags()
+    except flags.Error as error:
+        _fail(_flag_error_message(error))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        _fail(f"invalid --config override: {_one_line(error)}")
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

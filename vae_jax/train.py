@@ -210,6 +210,34 @@ def _check_finite(step_metrics: dict, first_step: int, epoch: int, last_checkpoi
     )
 
 
+def _load_splits(config: ml_collections.ConfigDict):
+    """The training and evaluation images, checked against the batch size."""
+    dataset = data.load_dataset(config.dataset)
+    train_images = _first_examples(dataset.split("train"), config.max_train_examples)
+    eval_images = _first_examples(dataset.split(config.eval_split), config.max_eval_examples)
+    num_train = train_images.shape[0]
+    if config.batch_size > num_train:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is larger than the training split of "
+            f"{config.dataset!r} ({num_train} examples); allowed: 1 to {num_train}."
+        )
+    return dataset.image_shape, train_images, eval_images
+
+
+def _start_outputs(config, workdir: str, restored_step: int) -> outputs.MetricsLog:
+    """Writes config.json and rewinds metrics.jsonl to the restored checkpoint."""
+    outputs.write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
+    metrics_log = outputs.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+    dropped = metrics_log.rewind(restored_step)
+    if restored_step:
+        logging.info("Resumed from the checkpoint at step %d.", restored_step)
+    if dropped:
+        logging.info(
+            "Dropped %d metric records past step %d; they will be redone.", dropped, restored_step
+        )
+    return metrics_log
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains, or resumes training, as `config` says, and writes everything into `workdir`.
 
@@ -222,133 +250,128 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     """
     validate_config(config)
     workdir = outputs.prepare_workdir(workdir)
-
-    dataset = data.load_dataset(config.dataset)
-    train_images = _first_examples(dataset.split("train"), config.max_train_examples)
-    eval_images = _first_examples(dataset.split(config.eval_split), config.max_eval_examples)
-    num_train = train_images.shape[0]
-    if config.batch_size > num_train:
-        raise ConfigError(
-            f"batch_size={config.batch_size} is larger than the training split of "
-            f"{config.dataset!r} ({num_train} examples); allowed: 1 to {num_train}."
-        )
-    eval_batch_size = min(config.eval_batch_size, eval_images.shape[0])
-    steps_per_epoch = num_train // config.batch_size
+    image_shape, train_images, eval_images = _load_splits(config)
+    steps_per_epoch = train_images.shape[0] // config.batch_size
     schedule_steps = config.num_epochs * steps_per_epoch
     total_steps = min(schedule_steps, config.max_steps) if config.max_steps else schedule_steps
 
-    model = models.build_model(config, dataset.image_shape)
+    model = models.build_model(config, image_shape)
     optimizer = build_optimizer(config, schedule_steps)
-    initial_state = create_train_state(
-        model, optimizer, dataset.image_shape, config.latents, config.seed
-    )
-    checkpoints = checkpoint.CheckpointStore(
-        os.path.join(workdir, "checkpoints"), config.max_to_keep
-    )
-    state, restored_step = checkpoints.restore_latest(initial_state, config)
-
-    # Every check has passed: from here on the workdir is written.
-    outputs.write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
-    metrics_log = outputs.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-    dropped = metrics_log.rewind(restored_step)
-    if restored_step:
-        logging.info("Resumed from the checkpoint at step %d.", restored_step)
-    if dropped:
-        logging.info("Dropped %d metric records past step %d; they will be redone.", dropped,
-                     restored_step)
-    if restored_step >= total_steps:
-        logging.info("Already trained to step %d of %d; raise num_epochs to go on.",
-                     restored_step, total_steps)
-        checkpoints.close()
-        return metrics_log.read()
-
-    train_step = make_train_step(
-        objectives.make_elbo_loss(model, config.beta), optimizer, config.dynamic_binarization
-    )
-    train_on_device = jax.device_put(train_images)
-    eval_on_device = jax.device_put(pad_to_multiple(eval_images, eval_batch_size))
-    evaluate = jax.jit(make_evaluate(model, eval_batch_size, eval_images.shape[0]))
-    picture_inputs = jax.device_put(eval_images[: config.num_image_examples])
-    pictures = jax.jit(make_pictures(model, config.num_image_examples))
-    eval_key = stream_key(state.key, EVAL_STREAM)
-    pictures_key = stream_key(state.key, PICTURES_STREAM)
-
-    @functools.cache
-    def compiled_epoch(num_steps: int):
-        """The epoch program for a number of steps: compiled once, ahead of time, so that no
-        epoch's timing includes compilation (a shorter last epoch compiles a second program)."""
-        started = time.perf_counter()
-        epoch_fn = make_train_epoch(train_step, config.batch_size, steps_per_epoch, num_steps)
-        program = jax.jit(epoch_fn, donate_argnums=0).lower(state, train_on_device).compile()
-        logging.info("Compiled the %d-step epoch in %.2f s.", num_steps,
-                     time.perf_counter() - started)
-        return program
-
-    split = config.eval_split
-    step = restored_step
-    last_checkpoint = restored_step
-    progress = tqdm.tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
-                         disable=not config.progress_bar, desc="training")
-    try:
-        while step < total_steps:
-            epoch = step // steps_per_epoch + 1
-            num_steps = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
-            program = compiled_epoch(num_steps)
-
-            started = time.perf_counter()
-            state, step_metrics = program(state, train_on_device)
-            step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
-            train_seconds = time.perf_counter() - started
-
-            _check_finite(step_metrics, step, epoch, last_checkpoint, config)
-            eval_metrics = jax.device_get(evaluate(state.params, eval_on_device, eval_key))
-            if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
-                raise DivergenceError(
-                    f"the {split} ELBO became non-finite after step {step + num_steps} "
-                    f"(epoch {epoch}): {eval_metrics}; the last good checkpoint (step "
-                    f"{last_checkpoint}) is kept. Lower learning_rate (now {config.learning_rate})."
-                )
-            step += num_steps
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "train_elbo": float(np.mean(step_metrics["elbo"])),
-                "train_kl": float(np.mean(step_metrics["kl"])),
-                "train_recon": float(np.mean(step_metrics["recon"])),
-                "train_loss": float(np.mean(step_metrics["loss"])),
-                f"{split}_elbo": float(eval_metrics["elbo"]),
-                f"{split}_kl": float(eval_metrics["kl"]),
-                f"{split}_recon": float(eval_metrics["recon"]),
-                "train_seconds": train_seconds,
-                "examples_per_second": num_steps * config.batch_size / train_seconds,
-            }
-            metrics_log.append(record)
-
-            reconstructions, samples = jax.device_get(
-                pictures(state.params, picture_inputs, pictures_key)
-            )
-            images_dir = os.path.join(workdir, "images")
-            outputs.save_reconstructions(
-                os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
-                np.asarray(eval_images[: config.num_image_examples], np.float32) / 255.0,
-                reconstructions,
-            )
-            outputs.save_samples(os.path.join(images_dir, f"samples_epoch_{epoch:03d}.png"), samples)
-
-            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-                checkpoints.save(step, state, config)
-                last_checkpoint = step
-
-            progress.update(num_steps)
-            progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
+    initial_state = create_train_state(model, optimizer, image_shape, config.latents, config.seed)
+    checkpoints_dir = os.path.join(workdir, "checkpoints")
+    with checkpoint.CheckpointStore(checkpoints_dir, config.max_to_keep) as checkpoints:
+        state, restored_step = checkpoints.restore_latest(initial_state, config)
+        # Every check has passed: from here on the workdir is written.
+        metrics_log = _start_outputs(config, workdir, restored_step)
+        if restored_step >= total_steps:
             logging.info(
-                "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) nats; "
-                "%.2f s, %.0f examples/s",
-                epoch, math.ceil(total_steps / steps_per_epoch), step, record["train_elbo"], split,
-                record[f"{split}_elbo"], record[f"{split}_recon"], record[f"{split}_kl"],
-                train_seconds, record["examples_per_second"],
+                "Already trained to step %d of %d; raise num_epochs to go on.",
+                restored_step,
+                total_steps,
             )
-    finally:
-        progress.close()
-        checkpoints.close()
+            return metrics_log.read()
+
+        train_step = make_train_step(
+            objectives.make_elbo_loss(model, config.beta), optimizer, config.dynamic_binarization
+        )
+        train_on_device = jax.device_put(train_images)
+        eval_batch_size = min(config.eval_batch_size, eval_images.shape[0])
+        eval_on_device = jax.device_put(pad_to_multiple(eval_images, eval_batch_size))
+        evaluate = jax.jit(make_evaluate(model, eval_batch_size, eval_images.shape[0]))
+        picture_inputs = eval_images[: config.num_image_examples]
+        pictures = jax.jit(make_pictures(model, config.num_image_examples))
+        eval_key = stream_key(state.key, EVAL_STREAM)
+        pictures_key = stream_key(state.key, PICTURES_STREAM)
+
+        @functools.cache
+        def compiled_epoch(num_steps: int):
+            """The epoch program for a number of steps, compiled ahead of time so that no epoch's
+            timing includes compilation (a shorter last epoch compiles a second program)."""
+            started = time.perf_counter()
+            epoch_fn = make_train_epoch(train_step, config.batch_size, steps_per_epoch, num_steps)
+            program = jax.jit(epoch_fn, donate_argnums=0).lower(state, train_on_device).compile()
+            logging.info(
+                "Compiled the %d-step epoch in %.2f s.", num_steps, time.perf_counter() - started
+            )
+            return program
+
+        split = config.eval_split
+        step = last_checkpoint = restored_step
+        progress = tqdm.tqdm(
+            total=total_steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not config.progress_bar,
+            desc="training",
+        )
+        with progress:
+            while step < total_steps:
+                epoch = step // steps_per_epoch + 1
+                num_steps = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
+                program = compiled_epoch(num_steps)
+
+                started = time.perf_counter()
+                state, step_metrics = program(state, train_on_device)
+                step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
+                train_seconds = time.perf_counter() - started
+
+                _check_finite(step_metrics, step, epoch, last_checkpoint, config)
+                eval_metrics = jax.device_get(evaluate(state.params, eval_on_device, eval_key))
+                if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
+                    raise DivergenceError(
+                        f"the {split} ELBO became non-finite after step {step + num_steps} "
+                        f"(epoch {epoch}): {eval_metrics}; the last good checkpoint (step "
+                        f"{last_checkpoint}) is kept. Lower learning_rate (now "
+                        f"{config.learning_rate})."
+                    )
+                step += num_steps
+                record = {
+                    "epoch": epoch,
+                    "step": step,
+                    "train_elbo": float(np.mean(step_metrics["elbo"])),
+                    "train_kl": float(np.mean(step_metrics["kl"])),
+                    "train_recon": float(np.mean(step_metrics["recon"])),
+                    "train_loss": float(np.mean(step_metrics["loss"])),
+                    f"{split}_elbo": float(eval_metrics["elbo"]),
+                    f"{split}_kl": float(eval_metrics["kl"]),
+                    f"{split}_recon": float(eval_metrics["recon"]),
+                    "train_seconds": train_seconds,
+                    "examples_per_second": num_steps * config.batch_size / train_seconds,
+                }
+                metrics_log.append(record)
+
+                reconstructions, samples = jax.device_get(
+                    pictures(state.params, picture_inputs, pictures_key)
+                )
+                images_dir = os.path.join(workdir, "images")
+                outputs.save_reconstructions(
+                    os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
+                    picture_inputs.astype(np.float32) / 255.0,
+                    reconstructions,
+                )
+                outputs.save_samples(
+                    os.path.join(images_dir, f"samples_epoch_{epoch:03d}.png"), samples
+                )
+
+                if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+                    checkpoints.save(step, state, config)
+                    last_checkpoint = step
+
+                progress.update(num_steps)
+                progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
+                logging.info(
+                    "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) "
+                    "nats; %.2f s, %.0f examples/s",
+                    epoch,
+                    math.ceil(total_steps / steps_per_epoch),
+                    step,
+                    record["train_elbo"],
+                    split,
+                    record[f"{split}_elbo"],
+                    record[f"{split}_recon"],
+                    record[f"{split}_kl"],
+                    train_seconds,
+                    record["examples_per_second"],
+                )
     return metrics_log.read()

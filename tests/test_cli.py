@@ -1,0 +1,62 @@
+"""`python -m vae_jax.main` end to end, as a user runs it, on a small subset of the real data."""
+
+import json
+import os
+import subprocess
+import sys
+
+SMALL = [
+    "--config.max_train_examples=512",
+    "--config.max_eval_examples=256",
+    "--config.batch_size=64",
+    "--config.hidden_sizes=(64,)",
+    "--config.latents=2",
+    "--config.num_image_examples=8",
+]
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "vae_jax.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_smoke_run_leaves_a_complete_workdir_and_resumes(tmp_path):
+    workdir = tmp_path / "runs"
+    first = run_cli("--workdir", "runs", *SMALL, "--config.num_epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "epoch 1/1 step 8" in first.stderr and "step/s" in first.stderr  # log and progress
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "images", "metrics.jsonl"]
+    with open(workdir / "config.json") as f:
+        assert json.load(f)["latents"] == 2
+
+    second = run_cli("--workdir", "runs", *SMALL, "--config.num_epochs=2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "Resumed from the checkpoint at step 8" in second.stderr
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 8), (2, 16)]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["16", "8"]
+    assert sorted(os.listdir(workdir / "images")) == [
+        "reconstructions_epoch_001.png",
+        "reconstructions_epoch_002.png",
+        "samples_epoch_001.png",
+        "samples_epoch_002.png",
+    ]
+
+
+def test_corrupt_checkpoint_is_one_line_without_traceback(tmp_path):
+    assert (
+        run_cli("--workdir", "runs", *SMALL, "--config.num_epochs=1", cwd=tmp_path).returncode == 0
+    )
+    manifest = tmp_path / "runs" / "checkpoints" / "8" / "state" / "manifest.ocdbt"
+    manifest.write_bytes(manifest.read_bytes()[:3])
+    result = run_cli("--workdir", "runs", *SMALL, "--config.num_epochs=2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: the checkpoint" in result.stderr and "cannot be read" in result.stderr
+    assert "Traceback" not in result.stderr and "tensorstore_spec" not in result.stderr
+    assert manifest.read_bytes() != b"" and len(manifest.read_bytes()) == 3  # left as it was
