@@ -70,7 +70,9 @@ def main() -> None:
         return state
 
     def loop_device_epoch(state):
-        order = jax.device_put(rng.permutation(images.shape[0])[: steps * batch].reshape(steps, batch))
+        order = jax.device_put(
+            rng.permutation(images.shape[0])[: steps * batch].reshape(steps, batch)
+        )
         for b in range(steps):
             state, metrics = jit_step(state, gather(images_on_device, order[b]))
         jax.block_until_ready(metrics)
@@ -126,16 +128,22 @@ def main() -> None:
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
 
-    print(f"{report['device']} ({report['platform']}, {report['cpu_count']} cores), jax {jax.__version__}")
-    print(f"default MLP, batch {batch}, {examples} examples per epoch, best of {args.repeats} epochs")
+    print(
+        f"{report['device']} ({report['platform']}, {report['cpu_count']} cores), jax {jax.__version__}"
+    )
+    print(
+        f"default MLP, batch {batch}, {examples} examples per epoch, best of {args.repeats} epochs"
+    )
     print(f"{'variant':<12} {'s/epoch':>9} {'median':>9} {'examples/s':>11} {'steps/s':>9}")
     for name, r in results.items():
         print(
             f"{name:<12} {r['best_epoch_seconds']:>9.3f} {r['median_epoch_seconds']:>9.3f} "
             f"{r['examples_per_second']:>11.0f} {r['steps_per_second']:>9.1f}"
         )
-    print(f"scan speed-up: {report['speedup_scan_over_loop_device']:.2f}x over loop_device, "
-          f"{report['speedup_scan_over_loop_host']:.2f}x over loop_host")
+    print(
+        f"scan speed-up: {report['speedup_scan_over_loop_device']:.2f}x over loop_device, "
+        f"{report['speedup_scan_over_loop_host']:.2f}x over loop_host"
+    )
 
 
 if __name__ == "__main__":

@@ -224,6 +224,15 @@ def _load_splits(config: ml_collections.ConfigDict):
     return dataset.image_shape, train_images, eval_images
 
 
+def _save_pictures(images_dir, epoch, inputs, reconstructions, samples) -> None:
+    outputs.save_reconstructions(
+        os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
+        inputs.astype(np.float32) / 255.0,
+        reconstructions,
+    )
+    outputs.save_samples(os.path.join(images_dir, f"samples_epoch_{epoch:03d}.png"), samples)
+
+
 def _start_outputs(config, workdir: str, restored_step: int) -> outputs.MetricsLog:
     """Writes config.json and rewinds metrics.jsonl to the restored checkpoint."""
     outputs.write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
@@ -278,7 +287,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         eval_batch_size = min(config.eval_batch_size, eval_images.shape[0])
         eval_on_device = jax.device_put(pad_to_multiple(eval_images, eval_batch_size))
         evaluate = jax.jit(make_evaluate(model, eval_batch_size, eval_images.shape[0]))
-        picture_inputs = eval_images[: config.num_image_examples]
+        # Evenly spaced over the split: binarized MNIST's test split is sorted by digit.
+        picture_indices = np.linspace(
+            0, eval_images.shape[0] - 1, min(config.num_image_examples, eval_images.shape[0])
+        ).astype(int)
+        picture_inputs = eval_images[picture_indices]
         pictures = jax.jit(make_pictures(model, config.num_image_examples))
         eval_key = stream_key(state.key, EVAL_STREAM)
         pictures_key = stream_key(state.key, PICTURES_STREAM)
@@ -341,18 +354,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                 }
                 metrics_log.append(record)
 
-                reconstructions, samples = jax.device_get(
-                    pictures(state.params, picture_inputs, pictures_key)
-                )
-                images_dir = os.path.join(workdir, "images")
-                outputs.save_reconstructions(
-                    os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
-                    picture_inputs.astype(np.float32) / 255.0,
-                    reconstructions,
-                )
-                outputs.save_samples(
-                    os.path.join(images_dir, f"samples_epoch_{epoch:03d}.png"), samples
-                )
+                if config.num_image_examples:
+                    _save_pictures(
+                        os.path.join(workdir, "images"),
+                        epoch,
+                        picture_inputs,
+                        *jax.device_get(pictures(state.params, picture_inputs, pictures_key)),
+                    )
 
                 if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
                     checkpoints.save(step, state, config)
