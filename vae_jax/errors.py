@@ -13,6 +13,10 @@ class ConfigError(VaeJaxError):
     """A config field has a value that is not allowed."""
 
 
+class DataError(VaeJaxError):
+    """A data source cannot be read: a missing or malformed file, inconsistent arrays."""
+
+
 class WorkdirError(VaeJaxError):
     """The workdir cannot be used: unwritable, or it holds a checkpoint that cannot be resumed."""
 
