@@ -8,6 +8,7 @@ exact [0, 1] floats.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from importlib import resources
 
 import numpy as np
@@ -17,21 +18,26 @@ from vae_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A data set split into arrays of uint8 images of shape (N, H, W, C).
+    """A data set as arrays of records per split, and how to turn records into images.
 
     Attributes:
       name: the config name it was loaded by.
-      splits: split name ('train', 'valid', 'test') to its images.
+      splits: split name ('train', 'valid', 'test') to its records, (N, ...). For most sources a
+        record is a uint8 image (H, W, C) with values 0..255; a procedural source stores
+        something smaller (dSprites: its factor indices) and renders it on the device.
+      image_shape: (H, W, C) of the rendered images.
       binary: True when every pixel is 0 or 255, so a Bernoulli likelihood is exact.
+      labels: split name to (N,) int32 class labels, for the splits that have them.
+      render: a jittable function from a batch of records (B, ...) to uint8 images
+        (B, H, W, C); None when the records are the images.
     """
 
     name: str
     splits: dict[str, np.ndarray]
+    image_shape: tuple[int, int, int]
     binary: bool
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.splits["train"].shape[1:])
+    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    render: Callable | None = None
 
     def split(self, name: str) -> np.ndarray:
         if name not in self.splits:
@@ -52,7 +58,7 @@ def load_binarized_mnist() -> Dataset:
         name: (np.unpackbits(packed[name], axis=1) * np.uint8(255)).reshape(-1, 28, 28, 1)
         for name in ("train", "valid", "test")
     }
-    return Dataset(name="binarized_mnist", splits=splits, binary=True)
+    return Dataset(name="binarized_mnist", splits=splits, image_shape=(28, 28, 1), binary=True)
 
 
 _LOADERS = {"binarized_mnist": load_binarized_mnist}
