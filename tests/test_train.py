@@ -167,6 +167,20 @@ def test_evaluation_does_not_depend_on_its_batch_size():
             np.testing.assert_allclose(other[k], results[0][k], rtol=1e-5)
 
 
+def test_evaluation_of_dynamically_binarized_data_scores_a_fixed_binary_draw():
+    model, state, _, _ = _setup(num_images=8)
+    gray = jnp.full((120, 28, 28, 1), 100, jnp.uint8)
+    results = []
+    for batch_size in (120, 40):
+        evaluate = jax.jit(train.make_evaluate(model, batch_size, 120, binarize=True))
+        results.append(evaluate(state.params, gray, jax.random.key(3)))
+    np.testing.assert_allclose(results[0]["elbo"], results[1]["elbo"], rtol=1e-5)
+    continuous = jax.jit(train.make_evaluate(model, 120, 120))(
+        state.params, gray, jax.random.key(3)
+    )
+    assert float(continuous["recon"]) != pytest.approx(float(results[0]["recon"]), rel=1e-3)
+
+
 def test_dynamic_binarization_samples_binary_pixels_each_step():
     def loss_fn(params, x, key, step):
         # 0 exactly when every pixel is 0 or 1; the mean tracks the gray levels.

@@ -18,14 +18,15 @@ from typing import Any
 
 import ml_collections
 
+from vae_jax import data
 from vae_jax.errors import ConfigError
 
-DATASETS = ("binarized_mnist",)
 MODELS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 EVAL_SPLITS = ("test", "valid")
+PIPELINES = ("auto", "device", "stream")
 
 # Fields that may differ between a checkpoint and the run that resumes it: they change how long
 # the run goes on, how often it saves and what it prints, never the computation of a step.
@@ -38,6 +39,10 @@ RESUME_SAFE_FIELDS = frozenset(
         "progress_bar",
         "eval_batch_size",
         "num_image_examples",
+        # The data pipeline moves the same batches by another route, with the same results.
+        "data_dir",
+        "pipeline",
+        "stream_chunk_steps",
     }
 )
 
@@ -47,7 +52,15 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     # Data.
-    config.dataset = "binarized_mnist"
+    config.dataset = (
+        "binarized_mnist"  # a name, or 'tfds:<name>', 'idx:<dir>', 'npz:<file>', 'images:<dir>'
+    )
+    config.image_size = 64  # side of the square images that 'images:' folders and celeb_a become
+    config.data_dir = ""  # where TFDS finds prepared data sets ('' = its default)
+    # 'device': the split lives on the device, each epoch is one compiled scan; 'stream': batches
+    # are gathered on the host and prefetched; 'auto': 'device' when the split fits the budget.
+    config.pipeline = "auto"
+    config.stream_chunk_steps = 64  # streaming: steps per compiled call (and per transfer)
     config.eval_split = "test"  # evaluated after every epoch; 'valid' for model selection
     config.max_train_examples = 0  # 0 = the whole split; a prefix, for smoke runs and tests
     config.max_eval_examples = 0  # 0 = the whole split
@@ -151,7 +164,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in schema:
         _require(field in config, f"config field {field!r} is missing; start from get_config().")
 
-    _check_choice(config, "dataset", DATASETS)
+    _require(isinstance(config.dataset, str), f"dataset={config.dataset!r} must be a string.")
+    data.check_dataset_name(config.dataset)
+    _check_choice(config, "pipeline", PIPELINES)
     _check_choice(config, "eval_split", EVAL_SPLITS)
     _check_choice(config, "model", MODELS)
     _check_choice(config, "likelihood", LIKELIHOODS)
@@ -166,6 +181,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "checkpoint_every_epochs",
         "max_to_keep",
         "conv_hidden",
+        "image_size",
+        "stream_chunk_steps",
     ):
         _check_int(config, field, 1)
     for field in (

@@ -12,7 +12,7 @@ import os
 import tempfile
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from vae_jax.errors import WorkdirError
 
@@ -123,3 +123,42 @@ def save_reconstructions(path: str, inputs: np.ndarray, reconstructions: np.ndar
 
 def save_samples(path: str, samples: np.ndarray) -> None:
     save_png(path, image_grid(samples, columns=8))
+
+
+# Ten well-separated colours (Tableau 10), cycled for more classes.
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
+
+
+def latent_scatter(means: np.ndarray, labels: np.ndarray, size: int = 320) -> np.ndarray:
+    """An RGB scatter plot of the first two latent dimensions, a dot per example coloured by its
+    label, on a square symmetric about the origin; with one latent, the second axis is zero."""
+    points = np.asarray(means, np.float64)[:, :2]
+    if points.shape[1] == 1:
+        points = np.concatenate([points, np.zeros_like(points)], axis=1)
+    extent = max(float(np.percentile(np.abs(points), 99)) if len(points) else 1.0, 1e-6) * 1.05
+    margin = 8
+    pixels = np.clip((points / extent + 1) / 2 * (size - 2 * margin) + margin, 0, size - 1)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    middle = size // 2
+    draw.line([(margin, middle), (size - margin, middle)], fill=(210, 210, 210))
+    draw.line([(middle, margin), (middle, size - margin)], fill=(210, 210, 210))
+    for (x, y), label in zip(pixels, np.asarray(labels)):
+        colour = _PALETTE[int(label) % len(_PALETTE)]
+        draw.ellipse([x - 2, size - 1 - y - 2, x + 2, size - 1 - y + 2], fill=colour)
+    return np.asarray(canvas)
+
+
+def save_latent_scatter(path: str, means: np.ndarray, labels: np.ndarray) -> None:
+    save_png(path, latent_scatter(means, labels))

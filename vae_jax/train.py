@@ -14,7 +14,6 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -31,6 +30,7 @@ from absl import logging
 
 from vae_jax import checkpoint, data, models, objectives, outputs
 from vae_jax.config import config_to_dict, validate_config
+from vae_jax.data import stream
 from vae_jax.errors import ConfigError, DivergenceError
 
 # Key streams: fold_in(root, STREAM) then fold_in(stream, step / epoch / example index).
@@ -91,8 +91,17 @@ def create_train_state(model: models.VAE, optimizer, image_shape, latents: int, 
     )
 
 
-def make_train_step(loss_fn: Callable, optimizer, dynamic_binarization: bool = False):
-    """One update: (state, uint8 batch) -> (state, metrics of that batch).
+def _records_to_float(records: jax.Array, render: Callable | None) -> jax.Array:
+    """A batch of records (images, or what `render` turns into images) -> float images."""
+    return to_float(records if render is None else render(records))
+
+
+def make_train_step(
+    loss_fn: Callable, optimizer, dynamic_binarization: bool = False, render: Callable | None = None
+):
+    """One update: (state, batch of records) -> (state, metrics of that batch).
+
+    Records are uint8 images, or, with `render`, what it turns into uint8 images on the device.
 
     The step's key is fold_in(TRAIN stream, step): independent of everything but the seed and
     the step, so a resumed run continues with the same draws.
@@ -101,7 +110,7 @@ def make_train_step(loss_fn: Callable, optimizer, dynamic_binarization: bool = F
     def train_step(state: TrainState, images: jax.Array):
         step_key = jax.random.fold_in(stream_key(state.key, TRAIN_STREAM), state.step)
         loss_key, binarize_key = jax.random.split(step_key)
-        x = to_float(images)
+        x = _records_to_float(images, render)
         if dynamic_binarization:
             x = jax.random.bernoulli(binarize_key, x).astype(jnp.float32)
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, loss_key, state.step)
@@ -138,12 +147,30 @@ def make_train_epoch(train_step: Callable, batch_size: int, steps_per_epoch: int
     return train_epoch
 
 
-def make_evaluate(model: models.VAE, batch_size: int, num_examples: int):
+def make_train_chunk(train_step: Callable):
+    """Streaming: `train_chunk(state, batches) -> (state, per-step metrics)` scans the step over
+    (num_steps, B, ...) batches that the host gathered in the epoch's order."""
+
+    def train_chunk(state: TrainState, batches: jax.Array):
+        return jax.lax.scan(train_step, state, batches)
+
+    return train_chunk
+
+
+def make_evaluate(
+    model: models.VAE,
+    batch_size: int,
+    num_examples: int,
+    render: Callable | None = None,
+    binarize: bool = False,
+):
     """Mean single-sample ELBO terms over a whole split: `evaluate(params, images, key) -> dict`.
 
     `images` is the split padded to a multiple of `batch_size` (see `pad_to_multiple`); the first
-    `num_examples` count. Example i's noise comes from fold_in(key, i), so the figures do not
-    depend on the evaluation batch size.
+    `num_examples` count. Example i's draws come from fold_in(key, i), so the figures do not
+    depend on the evaluation batch size. With `binarize` (for dynamically binarized training),
+    each grayscale example is scored as one fixed Bernoulli draw of its pixels, the same every
+    epoch, so the figure is a log-likelihood bound of binary data rather than a cross-entropy.
     """
 
     def evaluate(params, images: jax.Array, key: jax.Array) -> dict:
@@ -152,8 +179,12 @@ def make_evaluate(model: models.VAE, batch_size: int, num_examples: int):
 
         def body(totals, batch_index):
             indices = batch_index * batch_size + jnp.arange(batch_size)
-            noise_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
-            terms = objectives.elbo_terms(model, params, to_float(batches[batch_index]), noise_keys)
+            example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+            x = _records_to_float(batches[batch_index], render)
+            if binarize:
+                binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
+                x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
+            terms = objectives.elbo_terms(model, params, x, example_keys)
             weight = (indices < num_examples).astype(jnp.float32)
             return {k: totals[k] + jnp.sum(weight * terms[k]) for k in totals}, None
 
@@ -165,7 +196,10 @@ def make_evaluate(model: models.VAE, batch_size: int, num_examples: int):
 
 
 def make_pictures(model: models.VAE, num_samples: int):
-    """`pictures(params, images, key) -> (reconstructions, samples)`, both E[x|z] in [0, 1].
+    """`pictures(params, images, key) -> (reconstructions, samples, latent means)`.
+
+    Reconstructions and samples are E[x|z] in [0, 1]; the latent means are the encoder's means
+    of the images, for a scatter plot coloured by label.
 
     Reconstructions decode the posterior mean of each image; samples decode z ~ N(0, I) drawn
     from `key`, the same every epoch so that grids are comparable across epochs.
@@ -176,7 +210,7 @@ def make_pictures(model: models.VAE, num_samples: int):
         reconstructions = objectives.likelihood_mean(*model.apply(params, mean, method="decode"))
         z = jax.random.normal(key, (num_samples, mean.shape[-1]))
         samples = objectives.likelihood_mean(*model.apply(params, z, method="decode"))
-        return reconstructions, samples
+        return reconstructions, samples, mean
 
     return pictures
 
@@ -211,26 +245,142 @@ def _check_finite(step_metrics: dict, first_step: int, epoch: int, last_checkpoi
 
 
 def _load_splits(config: ml_collections.ConfigDict):
-    """The training and evaluation images, checked against the batch size."""
-    dataset = data.load_dataset(config.dataset)
-    train_images = _first_examples(dataset.split("train"), config.max_train_examples)
-    eval_images = _first_examples(dataset.split(config.eval_split), config.max_eval_examples)
-    num_train = train_images.shape[0]
+    """The data set and its training and evaluation records, checked against the batch size."""
+    dataset = data.load_dataset(config.dataset, config.image_size, config.data_dir)
+    train_records = _first_examples(dataset.split("train"), config.max_train_examples)
+    eval_records = _first_examples(dataset.split(config.eval_split), config.max_eval_examples)
+    num_train = len(train_records)
     if config.batch_size > num_train:
         raise ConfigError(
             f"batch_size={config.batch_size} is larger than the training split of "
             f"{config.dataset!r} ({num_train} examples); allowed: 1 to {num_train}."
         )
-    return dataset.image_shape, train_images, eval_images
+    return dataset, train_records, eval_records
 
 
-def _save_pictures(images_dir, epoch, inputs, reconstructions, samples) -> None:
-    outputs.save_reconstructions(
-        os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
-        inputs.astype(np.float32) / 255.0,
-        reconstructions,
+# With pipeline='auto', a training split of at most this many bytes lives on the device.
+DEVICE_DATA_BUDGET_BYTES = 2 * 2**30
+
+
+def choose_pipeline(config: ml_collections.ConfigDict, train_records) -> str:
+    """'device' or 'stream': the config's choice, or for 'auto' whether the split fits."""
+    if config.pipeline != "auto":
+        return config.pipeline
+    fits = (
+        isinstance(train_records, np.ndarray) and train_records.nbytes <= DEVICE_DATA_BUDGET_BYTES
     )
-    outputs.save_samples(os.path.join(images_dir, f"samples_epoch_{epoch:03d}.png"), samples)
+    return "device" if fits else "stream"
+
+
+class EpochRunner:
+    """Runs the steps of one epoch by either pipeline, with programs compiled ahead of time.
+
+    'device': the split is on the device and the steps are one compiled scan
+    (`make_train_epoch`). 'stream': the host gathers batches in the same order and prefetches them
+    in chunks, each scanned by one compiled call (`make_train_chunk`). Both run the same
+    `train_step` on the same batches.
+    """
+
+    def __init__(
+        self,
+        pipeline,
+        train_step,
+        train_records,
+        batch_size,
+        steps_per_epoch,
+        shuffle_key,
+        chunk_steps,
+    ):
+        self.pipeline = pipeline
+        self.train_step = train_step
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.record_spec = (train_records.shape[1:], train_records.dtype)
+        self._programs = {}
+        if pipeline == "device":
+            self.train_on_device = jax.device_put(train_records)
+        else:
+            self.loader = stream.StreamingLoader(
+                train_records, batch_size, steps_per_epoch, shuffle_key, chunk_steps
+            )
+            self.chunk_steps = chunk_steps
+
+    def program(self, state, num_steps: int):
+        """The compiled program for `num_steps` steps: compiled once, before it is timed."""
+        if num_steps not in self._programs:
+            started = time.perf_counter()
+            if self.pipeline == "device":
+                fn = make_train_epoch(
+                    self.train_step, self.batch_size, self.steps_per_epoch, num_steps
+                )
+                example = self.train_on_device
+            else:
+                fn = make_train_chunk(self.train_step)
+                shape, dtype = self.record_spec
+                example = jax.ShapeDtypeStruct((num_steps, self.batch_size, *shape), dtype)
+            self._programs[num_steps] = (
+                jax.jit(fn, donate_argnums=0).lower(state, example).compile()
+            )
+            logging.info(
+                "Compiled the %d-step %s program in %.2f s.",
+                num_steps,
+                self.pipeline,
+                time.perf_counter() - started,
+            )
+        return self._programs[num_steps]
+
+    def prepare(self, state, first_step: int, num_steps: int) -> None:
+        """Compiles every program the epoch starting at `first_step` will call."""
+        if self.pipeline == "device":
+            self.program(state, num_steps)
+            return
+        first_batch = first_step % self.steps_per_epoch
+        for start in range(first_batch, first_batch + num_steps, self.chunk_steps):
+            self.program(state, min(self.chunk_steps, first_batch + num_steps - start))
+
+    def run(self, state, first_step: int, num_steps: int):
+        """Steps [first_step, first_step + num_steps) of one epoch -> (state, host metrics)."""
+        if self.pipeline == "device":
+            state, step_metrics = self.program(state, num_steps)(state, self.train_on_device)
+            return state, jax.device_get(step_metrics)
+        chunks = []
+        for batches in self.loader.epoch(first_step, num_steps):
+            state, chunk_metrics = self.program(state, batches.shape[0])(state, batches)
+            chunks.append(chunk_metrics)
+        chunks = jax.device_get(chunks)
+        return state, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+class _Pictures:
+    """The PNG grids of every epoch, and the latent scatter when the split has labels."""
+
+    def __init__(self, config, model, dataset, eval_records, root_key):
+        count = min(config.num_image_examples, len(eval_records))
+        # Evenly spaced over the split: binarized MNIST's test split is sorted by digit.
+        self.indices = np.linspace(0, len(eval_records) - 1, count).astype(int)
+        records = eval_records[self.indices]
+        render = dataset.render
+        self.inputs = np.asarray(records if render is None else jax.jit(render)(records))
+        labels = dataset.labels.get(config.eval_split)
+        self.labels = None if labels is None else labels[self.indices]
+        self.enabled = count > 0
+        self.draw = jax.jit(make_pictures(model, count))
+        self.key = stream_key(root_key, PICTURES_STREAM)
+
+    def save(self, images_dir: str, epoch: int, params) -> None:
+        if not self.enabled:
+            return
+        reconstructions, samples, means = jax.device_get(self.draw(params, self.inputs, self.key))
+        outputs.save_reconstructions(
+            os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
+            self.inputs.astype(np.float32) / 255.0,
+            reconstructions,
+        )
+        outputs.save_samples(os.path.join(images_dir, f"samples_epoch_{epoch:03d}.png"), samples)
+        if self.labels is not None:
+            outputs.save_latent_scatter(
+                os.path.join(images_dir, f"latents_epoch_{epoch:03d}.png"), means, self.labels
+            )
 
 
 def _start_outputs(config, workdir: str, restored_step: int) -> outputs.MetricsLog:
@@ -259,14 +409,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     """
     validate_config(config)
     workdir = outputs.prepare_workdir(workdir)
-    image_shape, train_images, eval_images = _load_splits(config)
-    steps_per_epoch = train_images.shape[0] // config.batch_size
+    dataset, train_records, eval_records = _load_splits(config)
+    steps_per_epoch = len(train_records) // config.batch_size
     schedule_steps = config.num_epochs * steps_per_epoch
     total_steps = min(schedule_steps, config.max_steps) if config.max_steps else schedule_steps
 
-    model = models.build_model(config, image_shape)
+    model = models.build_model(config, dataset.image_shape)
     optimizer = build_optimizer(config, schedule_steps)
-    initial_state = create_train_state(model, optimizer, image_shape, config.latents, config.seed)
+    initial_state = create_train_state(
+        model, optimizer, dataset.image_shape, config.latents, config.seed
+    )
     checkpoints_dir = os.path.join(workdir, "checkpoints")
     with checkpoint.CheckpointStore(checkpoints_dir, config.max_to_keep) as checkpoints:
         state, restored_step = checkpoints.restore_latest(initial_state, config)
@@ -281,32 +433,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             return metrics_log.read()
 
         train_step = make_train_step(
-            objectives.make_elbo_loss(model, config.beta), optimizer, config.dynamic_binarization
+            objectives.make_elbo_loss(model, config.beta),
+            optimizer,
+            config.dynamic_binarization,
+            dataset.render,
         )
-        train_on_device = jax.device_put(train_images)
-        eval_batch_size = min(config.eval_batch_size, eval_images.shape[0])
-        eval_on_device = jax.device_put(pad_to_multiple(eval_images, eval_batch_size))
-        evaluate = jax.jit(make_evaluate(model, eval_batch_size, eval_images.shape[0]))
-        # Evenly spaced over the split: binarized MNIST's test split is sorted by digit.
-        picture_indices = np.linspace(
-            0, eval_images.shape[0] - 1, min(config.num_image_examples, eval_images.shape[0])
-        ).astype(int)
-        picture_inputs = eval_images[picture_indices]
-        pictures = jax.jit(make_pictures(model, config.num_image_examples))
-        eval_key = stream_key(state.key, EVAL_STREAM)
-        pictures_key = stream_key(state.key, PICTURES_STREAM)
-
-        @functools.cache
-        def compiled_epoch(num_steps: int):
-            """The epoch program for a number of steps, compiled ahead of time so that no epoch's
-            timing includes compilation (a shorter last epoch compiles a second program)."""
-            started = time.perf_counter()
-            epoch_fn = make_train_epoch(train_step, config.batch_size, steps_per_epoch, num_steps)
-            program = jax.jit(epoch_fn, donate_argnums=0).lower(state, train_on_device).compile()
-            logging.info(
-                "Compiled the %d-step epoch in %.2f s.", num_steps, time.perf_counter() - started
+        pipeline = choose_pipeline(config, train_records)
+        logging.info(
+            "Data %s: %d training examples, %s pipeline.",
+            dataset.name,
+            len(train_records),
+            pipeline,
+        )
+        runner = EpochRunner(
+            pipeline,
+            train_step,
+            train_records,
+            config.batch_size,
+            steps_per_epoch,
+            stream_key(state.key, SHUFFLE_STREAM),
+            config.stream_chunk_steps,
+        )
+        eval_batch_size = min(config.eval_batch_size, len(eval_records))
+        eval_on_device = jax.device_put(pad_to_multiple(eval_records, eval_batch_size))
+        evaluate = jax.jit(
+            make_evaluate(
+                model,
+                eval_batch_size,
+                len(eval_records),
+                dataset.render,
+                binarize=config.dynamic_binarization,
             )
-            return program
+        )
+        eval_key = stream_key(state.key, EVAL_STREAM)
+        pictures = _Pictures(config, model, dataset, eval_records, state.key)
 
         split = config.eval_split
         step = last_checkpoint = restored_step
@@ -322,11 +482,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             while step < total_steps:
                 epoch = step // steps_per_epoch + 1
                 num_steps = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
-                program = compiled_epoch(num_steps)
+                runner.prepare(state, step, num_steps)  # compilation stays out of the timing
 
                 started = time.perf_counter()
-                state, step_metrics = program(state, train_on_device)
-                step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
+                state, step_metrics = runner.run(state, step, num_steps)
                 train_seconds = time.perf_counter() - started
 
                 _check_finite(step_metrics, step, epoch, last_checkpoint, config)
@@ -353,14 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                     "examples_per_second": num_steps * config.batch_size / train_seconds,
                 }
                 metrics_log.append(record)
-
-                if config.num_image_examples:
-                    _save_pictures(
-                        os.path.join(workdir, "images"),
-                        epoch,
-                        picture_inputs,
-                        *jax.device_get(pictures(state.params, picture_inputs, pictures_key)),
-                    )
+                pictures.save(os.path.join(workdir, "images"), epoch, state.params)
 
                 if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
                     checkpoints.save(step, state, config)

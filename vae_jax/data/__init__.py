@@ -61,11 +61,58 @@ def load_binarized_mnist() -> Dataset:
     return Dataset(name="binarized_mnist", splits=splits, image_shape=(28, 28, 1), binary=True)
 
 
-_LOADERS = {"binarized_mnist": load_binarized_mnist}
+# Names that need TensorFlow Datasets (the `tfds` extra), mapped to their TFDS names.
+TFDS_NAMES = {
+    "mnist": "mnist",
+    "fashion_mnist": "fashion_mnist",
+    "cifar10": "cifar10",
+    "svhn_cropped": "svhn_cropped",
+    "celeb_a": "celeb_a",
+}
+BUILTIN_NAMES = ("binarized_mnist", "dsprites")
+SOURCE_PREFIXES = ("tfds:", "idx:", "npz:", "images:")
 
 
-def load_dataset(name: str) -> Dataset:
-    """Loads a data set by its config name."""
-    if name not in _LOADERS:
-        raise ConfigError(f"dataset={name!r} is not known; allowed: {', '.join(_LOADERS)}.")
-    return _LOADERS[name]()
+def check_dataset_name(name: str) -> None:
+    """Raises ConfigError unless `name` is a known data set or a `<source>:<argument>` spec."""
+    if name in BUILTIN_NAMES or name in TFDS_NAMES:
+        return
+    prefix, _, argument = name.partition(":")
+    if f"{prefix}:" in SOURCE_PREFIXES and argument:
+        return
+    allowed = ", ".join(repr(n) for n in (*BUILTIN_NAMES, *TFDS_NAMES))
+    raise ConfigError(
+        f"dataset={name!r} is not known; allowed: {allowed}, or 'tfds:<name>' (any TFDS image "
+        "data set), 'idx:<dir>' (MNIST-format IDX files), 'npz:<file>' (arrays train/test) or "
+        "'images:<dir>' (a folder of PNG/JPEG files)."
+    )
+
+
+def load_dataset(name: str, image_size: int = 64, data_dir: str = "") -> Dataset:
+    """Loads a data set by its config name (see `check_dataset_name`).
+
+    Args:
+      name: the config's `dataset`.
+      image_size: side of the square images that `images:` folders and `celeb_a` are resized to.
+      data_dir: where TFDS keeps prepared data sets ('' for its default).
+    """
+    check_dataset_name(name)
+    if name == "binarized_mnist":
+        return load_binarized_mnist()
+    if name == "dsprites":
+        from vae_jax.data import dsprites
+
+        return dsprites.load_dsprites()
+    if name in TFDS_NAMES or name.startswith("tfds:"):
+        from vae_jax.data import tfds_source
+
+        tfds_name = TFDS_NAMES.get(name) or name.partition(":")[2]
+        return tfds_source.load_tfds(tfds_name, name, image_size=image_size, data_dir=data_dir)
+    from vae_jax.data import files
+
+    prefix, _, argument = name.partition(":")
+    if prefix == "idx":
+        return files.load_idx(argument, name)
+    if prefix == "npz":
+        return files.load_npz(argument, name)
+    return files.load_image_folder(argument, name, image_size)
