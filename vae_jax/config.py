@@ -91,6 +91,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_steps = 0  # 0 = no cap; otherwise stop after this many steps (smoke runs)
     config.seed = 0
 
+    # Populations: K models trained in one compiled program with vmap (1 = a single model).
+    # Member k has seed `seed + k`, beta `population_betas[k]` and learning rate
+    # `population_learning_rates[k]` (an empty tuple means `beta` / `learning_rate` for all).
+    config.population_size = 1
+    config.population_betas = ()
+    config.population_learning_rates = ()
+
     # Outputs.
     config.eval_batch_size = 1000
     config.checkpoint_every_epochs = 1
@@ -183,6 +190,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "conv_hidden",
         "image_size",
         "stream_chunk_steps",
+        "population_size",
     ):
         _check_int(config, field, 1)
     for field in (
@@ -221,6 +229,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"weight_decay={config.weight_decay!r} needs optimizer='adamw'; "
         f"optimizer={config.optimizer!r} has none.",
     )
+    for field in ("population_betas", "population_learning_rates"):
+        values = config[field]
+        _require(
+            isinstance(values, (tuple, list))
+            and all(_is_number(v) and math.isfinite(v) and v >= 0 for v in values)
+            and (field == "population_betas" or all(v > 0 for v in values)),
+            f"{field}={values!r} must be a tuple of finite numbers "
+            f"({'>= 0' if field == 'population_betas' else '> 0'}).",
+        )
+        _require(
+            len(values) in (0, config.population_size),
+            f"{field} has {len(values)} values but population_size={config.population_size}; "
+            "give one per member, or none.",
+        )
     _require(
         config.lr_schedule != "warmup_cosine" or config.warmup_steps > 0,
         "lr_schedule='warmup_cosine' needs warmup_steps >= 1.",
