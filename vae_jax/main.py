@@ -27,6 +27,19 @@ def _define_flags() -> None:
     from sys.argv while defining the flag, and an unknown field raises right there."""
     flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, images, checkpoints.")
     flags.mark_flag_as_required("workdir")
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "host:port of process 0 when several processes (hosts) train together; also read from "
+        "JAX_COORDINATOR_ADDRESS.",
+    )
+    flags.DEFINE_integer("num_processes", None, "How many processes train together.")
+    flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+    flags.DEFINE_integer(
+        "heartbeat_timeout_seconds",
+        10,
+        "Several processes: a process silent this long is declared dead and the others stop.",
+    )
     config_flags.DEFINE_config_file(
         "config",
         _DEFAULT_CONFIG,
@@ -120,7 +133,21 @@ def main(argv: list[str]) -> None:
     absl_handler.addFilter(_QuietLibraries())
     absl_handler.python_handler.stream = _AboveProgressBar()
     # Imported here so that `--help` and flag errors answer before JAX starts.
-    from vae_jax import train
+    from vae_jax import parallel, train
+
+    distributed = (
+        FLAGS.coordinator_address
+        or FLAGS.num_processes
+        or FLAGS.process_id is not None
+        or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    )
+    if distributed:  # before any computation: JAX must see every process's devices
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            FLAGS.heartbeat_timeout_seconds,
+        )
 
     try:
         config = FLAGS.config

@@ -28,7 +28,7 @@ import optax
 import tqdm
 from absl import logging
 
-from vae_jax import checkpoint, data, models, objectives, outputs
+from vae_jax import checkpoint, data, models, objectives, outputs, parallel
 from vae_jax.config import config_to_dict, validate_config
 from vae_jax.data import stream
 from vae_jax.errors import ConfigError, DivergenceError
@@ -77,18 +77,25 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
     return optax.adam(rate, eps=config.adam_eps)
 
 
-def create_train_state(model: models.VAE, optimizer, image_shape, latents: int, seed: int):
-    """A fresh train state: parameters drawn from the INIT stream of `seed`."""
-    root_key = jax.random.key(seed)
-    example_x = jnp.zeros((1, *image_shape), jnp.float32)
-    example_z = jnp.zeros((1, latents), jnp.float32)
-    params = jax.jit(model.init)(stream_key(root_key, INIT_STREAM), example_x, example_z)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        key=root_key,
-    )
+def create_train_state(
+    model: models.VAE, optimizer, image_shape, latents: int, seed: int, sharding=None
+):
+    """A fresh train state: parameters drawn from the INIT stream of `seed`, placed by `sharding`
+    (e.g. replicated over a mesh; None: the default device)."""
+
+    def init():
+        root_key = jax.random.key(seed)
+        example_x = jnp.zeros((1, *image_shape), jnp.float32)
+        example_z = jnp.zeros((1, latents), jnp.float32)
+        params = model.init(stream_key(root_key, INIT_STREAM), example_x, example_z)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            key=root_key,
+        )
+
+    return jax.jit(init, out_shardings=sharding)()
 
 
 def _records_to_float(records: jax.Array, render: Callable | None) -> jax.Array:
@@ -121,7 +128,13 @@ def make_train_step(
     return train_step
 
 
-def make_train_epoch(train_step: Callable, batch_size: int, steps_per_epoch: int, num_steps: int):
+def make_train_epoch(
+    train_step: Callable,
+    batch_size: int,
+    steps_per_epoch: int,
+    num_steps: int,
+    batch_sharding=None,
+):
     """Runs `num_steps` updates of one epoch as a single `lax.scan`.
 
     Returns `train_epoch(state, images) -> (state, per-step metrics)`, where images is the whole
@@ -129,6 +142,7 @@ def make_train_epoch(train_step: Callable, batch_size: int, steps_per_epoch: int
     fold_in(SHUFFLE stream, epoch); batch b of the epoch is its slice [b*B, (b+1)*B), and the
     remainder N mod B is dropped. The call starts at batch `state.step % steps_per_epoch`, so a
     run resumed mid-epoch sees the batches it would have seen; a call never crosses an epoch end.
+    With `batch_sharding`, each gathered batch is split over the devices (data parallelism).
     """
 
     def train_epoch(state: TrainState, images: jax.Array):
@@ -140,7 +154,10 @@ def make_train_epoch(train_step: Callable, batch_size: int, steps_per_epoch: int
         def body(state, batch_offset):
             start = (first_batch + batch_offset) * batch_size
             indices = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
-            return train_step(state, images[indices])
+            batch = images[indices]
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            return train_step(state, batch)
 
         return jax.lax.scan(body, state, jnp.arange(num_steps))
 
@@ -163,6 +180,7 @@ def make_evaluate(
     num_examples: int,
     render: Callable | None = None,
     binarize: bool = False,
+    batch_sharding=None,
 ):
     """Mean single-sample ELBO terms over a whole split: `evaluate(params, images, key) -> dict`.
 
@@ -180,7 +198,10 @@ def make_evaluate(
         def body(totals, batch_index):
             indices = batch_index * batch_size + jnp.arange(batch_size)
             example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
-            x = _records_to_float(batches[batch_index], render)
+            batch = batches[batch_index]
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            x = _records_to_float(batch, render)
             if binarize:
                 binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
                 x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
@@ -290,7 +311,9 @@ class EpochRunner:
         steps_per_epoch,
         shuffle_key,
         chunk_steps,
+        mesh=None,
     ):
+        self.mesh = parallel.data_mesh() if mesh is None else mesh
         self.pipeline = pipeline
         self.train_step = train_step
         self.batch_size = batch_size
@@ -298,10 +321,18 @@ class EpochRunner:
         self.record_spec = (train_records.shape[1:], train_records.dtype)
         self._programs = {}
         if pipeline == "device":
-            self.train_on_device = jax.device_put(train_records)
+            # Small data: a full copy on every device; each device gathers its part of a batch.
+            self.train_on_device = parallel.put_replicated(train_records, self.mesh)
         else:
             self.loader = stream.StreamingLoader(
-                train_records, batch_size, steps_per_epoch, shuffle_key, chunk_steps
+                train_records,
+                batch_size,
+                steps_per_epoch,
+                shuffle_key,
+                chunk_steps,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                place=lambda chunk: parallel.put_process_batches(chunk, self.mesh, 1),
             )
             self.chunk_steps = chunk_steps
 
@@ -311,13 +342,21 @@ class EpochRunner:
             started = time.perf_counter()
             if self.pipeline == "device":
                 fn = make_train_epoch(
-                    self.train_step, self.batch_size, self.steps_per_epoch, num_steps
+                    self.train_step,
+                    self.batch_size,
+                    self.steps_per_epoch,
+                    num_steps,
+                    parallel.batch_sharding(self.mesh),
                 )
                 example = self.train_on_device
             else:
                 fn = make_train_chunk(self.train_step)
                 shape, dtype = self.record_spec
-                example = jax.ShapeDtypeStruct((num_steps, self.batch_size, *shape), dtype)
+                example = jax.ShapeDtypeStruct(
+                    (num_steps, self.batch_size, *shape),
+                    dtype,
+                    sharding=parallel.batch_sharding(self.mesh, leading_axes=1),
+                )
             self._programs[num_steps] = (
                 jax.jit(fn, donate_argnums=0).lower(state, example).compile()
             )
@@ -367,10 +406,14 @@ class _Pictures:
         self.draw = jax.jit(make_pictures(model, count))
         self.key = stream_key(root_key, PICTURES_STREAM)
 
-    def save(self, images_dir: str, epoch: int, params) -> None:
+    def save(self, images_dir: str, epoch: int, params, write: bool = True) -> None:
+        """Draws the grids (every process takes part: the parameters span all of them) and,
+        if `write`, saves them."""
         if not self.enabled:
             return
         reconstructions, samples, means = jax.device_get(self.draw(params, self.inputs, self.key))
+        if not write:
+            return
         outputs.save_reconstructions(
             os.path.join(images_dir, f"reconstructions_epoch_{epoch:03d}.png"),
             self.inputs.astype(np.float32) / 255.0,
@@ -383,10 +426,15 @@ class _Pictures:
             )
 
 
-def _start_outputs(config, workdir: str, restored_step: int) -> outputs.MetricsLog:
-    """Writes config.json and rewinds metrics.jsonl to the restored checkpoint."""
-    outputs.write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
+def _start_outputs(
+    config, workdir: str, restored_step: int, is_primary: bool = True
+) -> outputs.MetricsLog:
+    """Writes config.json and rewinds metrics.jsonl to the restored checkpoint (the primary
+    process only: the others just read)."""
     metrics_log = outputs.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+    if not is_primary:
+        return metrics_log
+    outputs.write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
     dropped = metrics_log.rewind(restored_step)
     if restored_step:
         logging.info("Resumed from the checkpoint at step %d.", restored_step)
@@ -414,16 +462,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     schedule_steps = config.num_epochs * steps_per_epoch
     total_steps = min(schedule_steps, config.max_steps) if config.max_steps else schedule_steps
 
+    mesh = parallel.data_mesh()
+    if config.batch_size % mesh.size:
+        raise ConfigError(
+            f"batch_size={config.batch_size} must be divisible by the {mesh.size} devices, which "
+            f"split every batch; allowed: multiples of {mesh.size}."
+        )
+    is_primary = jax.process_index() == 0  # one process writes metrics, pictures, config.json
+
     model = models.build_model(config, dataset.image_shape)
     optimizer = build_optimizer(config, schedule_steps)
     initial_state = create_train_state(
-        model, optimizer, dataset.image_shape, config.latents, config.seed
+        model,
+        optimizer,
+        dataset.image_shape,
+        config.latents,
+        config.seed,
+        sharding=parallel.replicated(mesh),
     )
     checkpoints_dir = os.path.join(workdir, "checkpoints")
     with checkpoint.CheckpointStore(checkpoints_dir, config.max_to_keep) as checkpoints:
         state, restored_step = checkpoints.restore_latest(initial_state, config)
         # Every check has passed: from here on the workdir is written.
-        metrics_log = _start_outputs(config, workdir, restored_step)
+        metrics_log = _start_outputs(config, workdir, restored_step, is_primary)
         if restored_step >= total_steps:
             logging.info(
                 "Already trained to step %d of %d; raise num_epochs to go on.",
@@ -453,9 +514,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             steps_per_epoch,
             stream_key(state.key, SHUFFLE_STREAM),
             config.stream_chunk_steps,
+            mesh,
         )
-        eval_batch_size = min(config.eval_batch_size, len(eval_records))
-        eval_on_device = jax.device_put(pad_to_multiple(eval_records, eval_batch_size))
+        # Evaluation batches are split over the devices too: round their size up to a multiple.
+        eval_batch_size = (
+            -(-min(config.eval_batch_size, len(eval_records)) // mesh.size) * mesh.size
+        )
+        eval_on_device = parallel.put_replicated(
+            pad_to_multiple(eval_records, eval_batch_size), mesh
+        )
         evaluate = jax.jit(
             make_evaluate(
                 model,
@@ -463,6 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                 len(eval_records),
                 dataset.render,
                 binarize=config.dynamic_binarization,
+                batch_sharding=parallel.batch_sharding(mesh),
             )
         )
         eval_key = stream_key(state.key, EVAL_STREAM)
@@ -475,7 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             initial=step,
             unit="step",
             dynamic_ncols=True,
-            disable=not config.progress_bar,
+            disable=not (config.progress_bar and is_primary),
             desc="training",
         )
         with progress:
@@ -511,8 +579,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                     "train_seconds": train_seconds,
                     "examples_per_second": num_steps * config.batch_size / train_seconds,
                 }
-                metrics_log.append(record)
-                pictures.save(os.path.join(workdir, "images"), epoch, state.params)
+                if is_primary:
+                    metrics_log.append(record)
+                pictures.save(os.path.join(workdir, "images"), epoch, state.params, is_primary)
 
                 if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
                     checkpoints.save(step, state, config)

@@ -44,6 +44,8 @@ class StreamingLoader:
       process_index, process_count: with several processes (hosts), each gathers only its
         contiguous share of every global batch, rows [i*B/P, (i+1)*B/P), so that together they
         feed the same global batches as one process would.
+      place: host chunk -> device array (default: `jax.device_put`; training passes one that
+        assembles the global array split over the devices of every process).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class StreamingLoader:
         prefetch: int = 2,
         process_index: int = 0,
         process_count: int = 1,
+        place=jax.device_put,
     ):
         if batch_size % process_count:
             raise ValueError(
@@ -69,6 +72,7 @@ class StreamingLoader:
         self.prefetch = prefetch
         self.process_index = process_index
         self.process_count = process_count
+        self.place = place
 
     def _chunks(self, first_step: int, num_steps: int) -> Iterator[np.ndarray]:
         epoch, first_batch = divmod(first_step, self.steps_per_epoch)
@@ -95,7 +99,7 @@ class StreamingLoader:
         def produce():
             try:
                 for chunk in self._chunks(first_step, num_steps):
-                    ready.put(jax.device_put(chunk))
+                    ready.put(self.place(chunk))
                 ready.put(done)
             except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
                 ready.put(error)
