@@ -31,7 +31,8 @@ def test_smoke_run_leaves_a_complete_workdir_and_resumes(tmp_path):
     first = run_cli("--workdir", "runs", *SMALL, "--config.num_epochs=1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "epoch 1/1 step 8" in first.stderr and "step/s" in first.stderr  # log and progress
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "images", "metrics.jsonl"]
+    visible = sorted(n for n in os.listdir(workdir) if not n.startswith("."))  # .lock stays
+    assert visible == ["checkpoints", "config.json", "images", "metrics.jsonl"]
     with open(workdir / "config.json") as f:
         assert json.load(f)["latents"] == 2
 

@@ -12,11 +12,13 @@ Nothing in the workdir is changed by a refused resume.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
 from vae_jax import config as config_lib
 from vae_jax.errors import WorkdirError
@@ -61,9 +63,13 @@ class CheckpointStore:
 
     def __init__(self, directory: str, max_to_keep: int):
         self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
+        self.max_to_keep = max_to_keep
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=False),
             # Named up front so that metadata can be read before anything is restored or saved.
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
@@ -74,40 +80,29 @@ class CheckpointStore:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def restore_latest(self, initial_state, config: ml_collections.ConfigDict) -> tuple[Any, int]:
-        """The latest checkpoint's state, or `initial_state` if there is none.
+    def complete_steps(self) -> list[int]:
+        """The steps of the checkpoints complete on disk, oldest first: Orbax gives a checkpoint
+        its plain step name only once every file of it is written."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
 
-        Args:
-          initial_state: a freshly initialised train state; gives the structure, shapes and dtypes
-            to restore into.
-          config: the current config; must agree with the checkpoint's (see module docstring).
-
-        Returns:
-          (state, step): step is 0 when nothing was restored.
-
-        Raises:
-          WorkdirError: the checkpoint was trained with another config or model shape, or cannot
-            be read. The checkpoint is left as it is.
-        """
-        step = self.latest_step()
-        if step is None:
-            return initial_state, 0
+    def _read(self, step: int, initial_state, config) -> tuple[Any, dict]:
+        """Restores checkpoint `step`; OSError-like failures surface as `_Unreadable`."""
         where = os.path.join(self.directory, str(step))
         try:
             meta = self._manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
             ).meta
             saved_config = meta["config"]
-        except Exception as error:  # any failure to read means the same to the user
-            raise WorkdirError(
-                f"the checkpoint {where} cannot be read ({_first_line(error)}); it was left "
-                "untouched. Move it away to resume from an earlier one, or use a new --workdir."
-            ) from error
+        except Exception as error:
+            raise _Unreadable(step, error) from error
         differences = config_lib.resume_incompatibilities(saved_config, config)
         if differences:
             raise WorkdirError(
                 f"the workdir's checkpoint {where} was trained with another config, so it cannot be "
-                f"resumed: {'; '.join(differences)}. Use a new --workdir, or the checkpoint's values."
+                f"resumed: {'; '.join(differences)}. Use a new --workdir, the checkpoint's values, "
+                "or --start_fresh to move the old run aside."
             )
         target = _to_storable(initial_state)
         try:
@@ -123,32 +118,106 @@ class CheckpointStore:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             ).state
-        except Exception as error:  # as above: unreadable, whatever the cause
-            raise WorkdirError(
-                f"the checkpoint {where} cannot be read ({_first_line(error)}); it was left "
-                "untouched. Move it away to resume from an earlier one, or use a new --workdir."
-            ) from error
-        return _from_storable(restored, initial_state), step
+        except Exception as error:
+            raise _Unreadable(step, error) from error
+        return _from_storable(restored, initial_state), meta.get("extra", {})
 
-    def save(self, step: int, state, config: ml_collections.ConfigDict) -> None:
+    def restore_latest(self, initial_state, config: ml_collections.ConfigDict):
+        """The newest readable checkpoint's state, or `initial_state` if there is none.
+
+        A checkpoint that cannot be read (truncated, corrupted) is passed over for the one before
+        it; once an older one is restored, the unreadable ones are renamed
+        `<step>.unreadable-<time>` (kept, never deleted) so that training can write those steps
+        again.
+
+        Args:
+          initial_state: a freshly initialised train state; gives the structure, shapes, dtypes
+            and shardings to restore into.
+          config: the current config; must agree with the checkpoint's (see module docstring).
+
+        Returns:
+          (state, step, extra): step is 0 when nothing was restored; extra is what `save` was
+          given with the state (e.g. the metrics of an unfinished epoch).
+
+        Raises:
+          WorkdirError: the newest checkpoint was trained with another config or model shape, or
+            no checkpoint can be read. Nothing in the workdir is changed.
+        """
+        unreadable = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                state, extra = self._read(step, initial_state, config)
+            except _Unreadable as error:
+                unreadable.append(error)
+                continue
+            for bad in unreadable:
+                self._move_aside(bad, fallback=step)
+            if unreadable:
+                self._manager.close()
+                self._manager = self._open()
+            return state, step, extra
+        if not unreadable:
+            return initial_state, 0, {}
+        reasons = "; ".join(
+            f"{os.path.join(self.directory, str(bad.step))} ({_first_line(bad.error)})"
+            for bad in unreadable
+        )
+        raise WorkdirError(
+            f"no checkpoint can be read: {reasons}. They were left untouched. Move them away to "
+            "start again, or use a new --workdir."
+            if len(unreadable) > 1
+            else f"the checkpoint {reasons.replace(' (', ' cannot be read (', 1)}; it was left "
+            "untouched. Move it away to resume from an earlier one, or use a new --workdir."
+        )
+
+    def _move_aside(self, bad: _Unreadable, fallback: int) -> None:
+        source = os.path.join(self.directory, str(bad.step))
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        destination = f"{source}.unreadable-{stamp}"
+        os.rename(source, destination)
+        logging.warning(
+            "The checkpoint %s cannot be read (%s); resuming from step %d instead. It was kept "
+            "as %s.",
+            source,
+            _first_line(bad.error),
+            fallback,
+            destination,
+        )
+
+    def save(self, step: int, state, config: ml_collections.ConfigDict, extra=None) -> None:
         """Starts an asynchronous save; the arrays are copied before this returns, so the caller
-        may donate `state` to the next step right away."""
+        may donate `state` to the next step right away. `extra` (JSON) comes back on restore."""
         self._manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_to_storable(state)),
-                meta=ocp.args.JsonSave({"config": config_lib.config_to_dict(config)}),
+                meta=ocp.args.JsonSave(
+                    {"config": config_lib.config_to_dict(config), "extra": extra or {}}
+                ),
             ),
             force=True,
         )
 
-    def close(self) -> None:
-        """Waits for the last save to be complete on disk."""
+    def wait(self) -> None:
+        """Waits for the last save to be complete on disk; raises if it failed."""
         self._manager.wait_until_finished()
-        self._manager.close()
+
+    def close(self) -> None:
+        """Waits for the last save, then releases the manager (again: nothing)."""
+        if self._manager is None:
+            return
+        manager, self._manager = self._manager, None
+        manager.wait_until_finished()
+        manager.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _Unreadable(Exception):
+    def __init__(self, step: int, error: BaseException):
+        super().__init__(step, error)
+        self.step, self.error = step, error

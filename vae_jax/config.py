@@ -27,6 +27,7 @@ OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 EVAL_SPLITS = ("test", "valid")
 PIPELINES = ("auto", "device", "stream")
+NAN_POLICIES = ("stop", "skip")
 
 # Fields that may differ between a checkpoint and the run that resumes it: they change how long
 # the run goes on, how often it saves and what it prints, never the computation of a step.
@@ -43,6 +44,7 @@ RESUME_SAFE_FIELDS = frozenset(
         "data_dir",
         "pipeline",
         "stream_chunk_steps",
+        "steps_per_call",
     }
 )
 
@@ -90,6 +92,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 30
     config.max_steps = 0  # 0 = no cap; otherwise stop after this many steps (smoke runs)
     config.seed = 0
+    # A non-finite loss or gradient: 'stop' the run (the last good checkpoint is kept), or
+    # 'skip' that update (parameters and optimizer state unchanged) and count it.
+    config.nan_policy = "stop"
+    # Steps per compiled call on the device (0 = a whole epoch per call). Between calls the run
+    # can stop cleanly on SIGTERM/SIGINT, so this bounds how long a preemption waits.
+    config.steps_per_call = 1000
 
     # Populations: K models trained in one compiled program with vmap (1 = a single model).
     # Member k has seed `seed + k`, beta `population_betas[k]` and learning rate
@@ -174,6 +182,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(isinstance(config.dataset, str), f"dataset={config.dataset!r} must be a string.")
     data.check_dataset_name(config.dataset)
     _check_choice(config, "pipeline", PIPELINES)
+    _check_choice(config, "nan_policy", NAN_POLICIES)
     _check_choice(config, "eval_split", EVAL_SPLITS)
     _check_choice(config, "model", MODELS)
     _check_choice(config, "likelihood", LIKELIHOODS)
@@ -198,6 +207,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "max_eval_examples",
         "max_steps",
         "warmup_steps",
+        "steps_per_call",
         "num_image_examples",
         "seed",
     ):

@@ -23,3 +23,11 @@ class WorkdirError(VaeJaxError):
 
 class DivergenceError(VaeJaxError):
     """The loss became NaN or infinite."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(signum, step)
+        self.signum, self.step = signum, step

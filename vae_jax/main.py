@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import signal
 import sys
 
 import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vae_jax.errors import VaeJaxError
+from vae_jax.errors import Preempted, VaeJaxError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 
@@ -32,6 +33,11 @@ def _define_flags() -> None:
         None,
         "host:port of process 0 when several processes (hosts) train together; also read from "
         "JAX_COORDINATOR_ADDRESS.",
+    )
+    flags.DEFINE_bool(
+        "start_fresh",
+        False,
+        "Move a previous run in --workdir aside (to previous-<time>/) instead of resuming it.",
     )
     flags.DEFINE_integer("num_processes", None, "How many processes train together.")
     flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
@@ -156,10 +162,19 @@ def main(argv: list[str]) -> None:
         cause = _one_line(error).split("; ")[-1]  # the last line holds the underlying reason
         _fail(f"--config could not be loaded: {cause}")
     try:
-        train.train_and_evaluate(config, FLAGS.workdir)
+        train.train_and_evaluate(config, FLAGS.workdir, start_fresh=FLAGS.start_fresh)
     except VaeJaxError as error:
         logging.flush()
         _fail(str(error))
+    except Preempted as stop:
+        logging.flush()
+        name = signal.Signals(stop.signum).name
+        print(
+            f"stopped by {name} at step {stop.step}, with a checkpoint of that step; run the same "
+            "command again to continue.",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)  # the shell's convention for a signalled process
 
 
 def run() -> None:

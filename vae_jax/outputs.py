@@ -6,10 +6,12 @@ metric lines appended and flushed one at a time.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
+import time
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -162,3 +164,53 @@ def latent_scatter(means: np.ndarray, labels: np.ndarray, size: int = 320) -> np
 
 def save_latent_scatter(path: str, means: np.ndarray, labels: np.ndarray) -> None:
     save_png(path, latent_scatter(means, labels))
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for the length of a run, so that two runs never
+    interleave their checkpoints and metrics. It is an `flock` on `workdir/.lock`: the system
+    releases it when the process ends, however it ends, so a killed run never leaves it stale."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, ".lock")
+        self._file = None
+
+    def __enter__(self):
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise WorkdirError(
+                f"--workdir {self.workdir!r} is in use by another run (process {holder}); wait "
+                "for it to finish, or use another workdir."
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+def move_run_aside(workdir: str) -> str | None:
+    """Moves a previous run's outputs into `workdir/previous-<UTC time>/` (nothing is deleted);
+    returns that directory, or None when there was nothing to move."""
+    names = [
+        n
+        for n in ("checkpoints", "metrics.jsonl", "images", "config.json")
+        if os.path.exists(os.path.join(workdir, n))
+    ]
+    if not names:
+        return None
+    destination = os.path.join(workdir, time.strftime("previous-%Y%m%dT%H%M%S", time.gmtime()))
+    os.makedirs(destination)
+    for name in names:
+        os.rename(os.path.join(workdir, name), os.path.join(destination, name))
+    return destination

@@ -14,8 +14,12 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,7 +35,7 @@ from absl import logging
 from vae_jax import checkpoint, data, models, objectives, outputs, parallel
 from vae_jax.config import config_to_dict, validate_config
 from vae_jax.data import stream
-from vae_jax.errors import ConfigError, DivergenceError
+from vae_jax.errors import ConfigError, DivergenceError, Preempted, WorkdirError
 
 # Key streams: fold_in(root, STREAM) then fold_in(stream, step / epoch / example index).
 INIT_STREAM, TRAIN_STREAM, SHUFFLE_STREAM, EVAL_STREAM, PICTURES_STREAM = range(5)
@@ -104,11 +108,18 @@ def _records_to_float(records: jax.Array, render: Callable | None) -> jax.Array:
 
 
 def make_train_step(
-    loss_fn: Callable, optimizer, dynamic_binarization: bool = False, render: Callable | None = None
+    loss_fn: Callable,
+    optimizer,
+    dynamic_binarization: bool = False,
+    render: Callable | None = None,
+    skip_nonfinite: bool = False,
 ):
     """One update: (state, batch of records) -> (state, metrics of that batch).
 
     Records are uint8 images, or, with `render`, what it turns into uint8 images on the device.
+    With `skip_nonfinite`, an update whose loss or gradient is not finite is not applied (the
+    parameters and optimizer state stay as they were, the step still counts) and the metrics
+    gain `skipped` = 1 for it.
 
     The step's key is fold_in(TRAIN stream, step): independent of everything but the seed and
     the step, so a resumed run continues with the same draws.
@@ -123,6 +134,14 @@ def make_train_step(
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, loss_key, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if skip_nonfinite:
+            finite = jnp.isfinite(metrics["loss"]) & jnp.all(
+                jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+            )
+            keep = lambda new, old: jnp.where(finite, new, old)
+            params = jax.tree.map(keep, params, state.params)
+            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+            metrics = {**metrics, "skipped": (~finite).astype(jnp.float32)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -377,8 +396,11 @@ class EpochRunner:
         for start in range(first_batch, first_batch + num_steps, self.chunk_steps):
             self.program(state, min(self.chunk_steps, first_batch + num_steps - start))
 
-    def run(self, state, first_step: int, num_steps: int):
-        """Steps [first_step, first_step + num_steps) of one epoch -> (state, host metrics)."""
+    def run(self, state, first_step: int, num_steps: int, should_stop=lambda: False):
+        """Steps [first_step, first_step + num_steps) of one epoch -> (state, host metrics).
+
+        Streaming checks `should_stop()` between chunks and may return after fewer steps; the
+        metrics say how many (their length)."""
         if self.pipeline == "device":
             state, step_metrics = self.program(state, num_steps)(state, self.train_on_device)
             return state, jax.device_get(step_metrics)
@@ -386,6 +408,8 @@ class EpochRunner:
         for batches in self.loader.epoch(first_step, num_steps):
             state, chunk_metrics = self.program(state, batches.shape[0])(state, batches)
             chunks.append(chunk_metrics)
+            if should_stop():
+                break
         chunks = jax.device_get(chunks)
         return state, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
@@ -445,8 +469,101 @@ def _start_outputs(
     return metrics_log
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+class _StopSignals:
+    """Turns SIGTERM and SIGINT into a request to stop at the next call boundary (in the main
+    thread; elsewhere signals cannot be caught and nothing changes)."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait
+        self.signum = signum
+        logging.warning(
+            "Got %s: stopping at the next step boundary with a checkpoint.",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _write_failure(error: BaseException, workdir: str, checkpoints=None) -> WorkdirError:
+    """The error for a failed write: the operating system's reason, and which checkpoint is
+    intact (read from disk: saves are asynchronous, so the last one started may be the one that
+    failed)."""
+    text = str(error).strip()
+    code = re.search(r"os_error_code='?(\d+)", text)
+    reason = (
+        getattr(error, "strerror", None)
+        or (os.strerror(int(code.group(1))) if code else None)
+        or text.splitlines()[0].split(" [")[0][:300]
+    )
+    where = getattr(error, "filename", None) or workdir
+    complete = checkpoints.complete_steps() if checkpoints is not None else []
+    kept = (
+        f"the last complete checkpoint (step {complete[-1]}) is intact"
+        if complete
+        else "no checkpoint had been completed"
+    )
+    return WorkdirError(
+        f"cannot write to the workdir: {reason} ({where}); {kept}. Free space or fix the "
+        "permissions and run the same command again to resume."
+    )
+
+
+def _epoch_record(epoch, step, steps, epoch_metrics, eval_metrics, split, seconds, config):
+    """The metrics.jsonl line of a finished epoch, from its per-step training metrics."""
+    values = {k: np.concatenate(v) for k, v in epoch_metrics.items()}
+    skipped = values.pop("skipped", np.zeros_like(values["loss"]))
+    used = skipped == 0
+    if not used.any():
+        raise DivergenceError(
+            f"every update of epoch {epoch} had a non-finite loss or gradient and was skipped "
+            f"(nan_policy='skip'); lower learning_rate (now {config.learning_rate})."
+        )
+    record = {
+        "epoch": epoch,
+        "step": step,
+        **{f"train_{k}": float(np.mean(values[k][used])) for k in ("elbo", "kl", "recon", "loss")},
+        **{f"{split}_{k}": float(eval_metrics[k]) for k in ("elbo", "kl", "recon")},
+        "train_seconds": seconds,
+        "examples_per_second": steps * config.batch_size / seconds,
+    }
+    if config.nan_policy == "skip":
+        record["skipped_steps"] = int(np.sum(~used))
+    return record
+
+
+def _as_json(epoch_metrics: dict) -> dict:
+    """Per-step float32 metrics as JSON lists; float32 -> Python float -> float32 is exact."""
+    return {k: [float(x) for x in np.concatenate(v)] for k, v in epoch_metrics.items() if v}
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, start_fresh: bool = False
+) -> list[dict]:
     """Trains, or resumes training, as `config` says, and writes everything into `workdir`.
+
+    Args:
+      config: see `vae_jax.config.get_config`.
+      workdir: where config.json, metrics.jsonl, images/ and checkpoints/ live.
+      start_fresh: move a previous run in `workdir` aside (to `previous-<time>/`) instead of
+        resuming it.
 
     Returns:
       The records of metrics.jsonl after the run: one per finished epoch.
@@ -454,6 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     Raises:
       VaeJaxError (or a subclass): a problem the user can fix, found before anything was changed
         in the workdir (or, for a diverging run, before the bad state was saved).
+      Preempted: SIGTERM or SIGINT arrived; a checkpoint of the step reached was saved.
     """
     validate_config(config)
     workdir = outputs.prepare_workdir(workdir)
@@ -461,7 +579,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     steps_per_epoch = len(train_records) // config.batch_size
     schedule_steps = config.num_epochs * steps_per_epoch
     total_steps = min(schedule_steps, config.max_steps) if config.max_steps else schedule_steps
-
     mesh = parallel.data_mesh()
     if config.batch_size % mesh.size:
         raise ConfigError(
@@ -480,127 +597,200 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         config.seed,
         sharding=parallel.replicated(mesh),
     )
-    checkpoints_dir = os.path.join(workdir, "checkpoints")
-    with checkpoint.CheckpointStore(checkpoints_dir, config.max_to_keep) as checkpoints:
-        state, restored_step = checkpoints.restore_latest(initial_state, config)
-        # Every check has passed: from here on the workdir is written.
-        metrics_log = _start_outputs(config, workdir, restored_step, is_primary)
-        if restored_step >= total_steps:
-            logging.info(
-                "Already trained to step %d of %d; raise num_epochs to go on.",
-                restored_step,
+    lock = outputs.WorkdirLock(workdir) if is_primary else contextlib.nullcontext()
+    with lock:
+        if start_fresh and is_primary:
+            moved_to = outputs.move_run_aside(workdir)
+            if moved_to:
+                logging.info("Moved the previous run aside to %s.", moved_to)
+        checkpoints_dir = os.path.join(workdir, "checkpoints")
+        with checkpoint.CheckpointStore(checkpoints_dir, config.max_to_keep) as checkpoints:
+            return _train(
+                config,
+                workdir,
+                dataset,
+                train_records,
+                eval_records,
+                model,
+                optimizer,
+                mesh,
+                is_primary,
+                initial_state,
+                checkpoints,
+                steps_per_epoch,
                 total_steps,
             )
-            return metrics_log.read()
 
-        train_step = make_train_step(
-            objectives.make_elbo_loss(model, config.beta),
-            optimizer,
-            config.dynamic_binarization,
-            dataset.render,
-        )
-        pipeline = choose_pipeline(config, train_records)
+
+def _train(
+    config,
+    workdir,
+    dataset,
+    train_records,
+    eval_records,
+    model,
+    optimizer,
+    mesh,
+    is_primary,
+    initial_state,
+    checkpoints,
+    steps_per_epoch,
+    total_steps,
+) -> list[dict]:
+    """The body of `train_and_evaluate` once the workdir is locked and checkpoints opened."""
+    state, restored_step, extra = checkpoints.restore_latest(initial_state, config)
+    # Every check has passed: from here on the workdir is written.
+    try:
+        metrics_log = _start_outputs(config, workdir, restored_step, is_primary)
+    except OSError as error:
+        raise _write_failure(error, workdir, checkpoints) from error
+    if restored_step >= total_steps:
         logging.info(
-            "Data %s: %d training examples, %s pipeline.",
-            dataset.name,
-            len(train_records),
-            pipeline,
+            "Already trained to step %d of %d; raise num_epochs to go on.",
+            restored_step,
+            total_steps,
         )
-        runner = EpochRunner(
-            pipeline,
-            train_step,
-            train_records,
-            config.batch_size,
-            steps_per_epoch,
-            stream_key(state.key, SHUFFLE_STREAM),
-            config.stream_chunk_steps,
-            mesh,
+        return metrics_log.read()
+
+    train_step = make_train_step(
+        objectives.make_elbo_loss(model, config.beta),
+        optimizer,
+        config.dynamic_binarization,
+        dataset.render,
+        skip_nonfinite=config.nan_policy == "skip",
+    )
+    pipeline = choose_pipeline(config, train_records)
+    logging.info(
+        "Data %s: %d training examples, %s pipeline.", dataset.name, len(train_records), pipeline
+    )
+    runner = EpochRunner(
+        pipeline,
+        train_step,
+        train_records,
+        config.batch_size,
+        steps_per_epoch,
+        stream_key(state.key, SHUFFLE_STREAM),
+        config.stream_chunk_steps,
+        mesh,
+    )
+    # Evaluation batches are split over the devices too: round their size up to a multiple.
+    eval_batch_size = -(-min(config.eval_batch_size, len(eval_records)) // mesh.size) * mesh.size
+    eval_on_device = parallel.put_replicated(pad_to_multiple(eval_records, eval_batch_size), mesh)
+    evaluate = jax.jit(
+        make_evaluate(
+            model,
+            eval_batch_size,
+            len(eval_records),
+            dataset.render,
+            binarize=config.dynamic_binarization,
+            batch_sharding=parallel.batch_sharding(mesh),
         )
-        # Evaluation batches are split over the devices too: round their size up to a multiple.
-        eval_batch_size = (
-            -(-min(config.eval_batch_size, len(eval_records)) // mesh.size) * mesh.size
-        )
-        eval_on_device = parallel.put_replicated(
-            pad_to_multiple(eval_records, eval_batch_size), mesh
-        )
-        evaluate = jax.jit(
-            make_evaluate(
-                model,
-                eval_batch_size,
-                len(eval_records),
-                dataset.render,
-                binarize=config.dynamic_binarization,
-                batch_sharding=parallel.batch_sharding(mesh),
+    )
+    eval_key = stream_key(state.key, EVAL_STREAM)
+    pictures = _Pictures(config, model, dataset, eval_records, state.key)
+
+    split = config.eval_split
+    step = last_checkpoint = restored_step
+    # The unfinished epoch a mid-epoch checkpoint left: its steps' metrics and training time.
+    epoch_metrics = {
+        k: [np.asarray(v, np.float32)] for k, v in extra.get("epoch_metrics", {}).items()
+    }
+    epoch_seconds = float(extra.get("epoch_train_seconds", 0.0))
+    calls_per_epoch = config.steps_per_call or steps_per_epoch
+    progress = tqdm.tqdm(
+        total=total_steps,
+        initial=step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (config.progress_bar and is_primary),
+        desc="training",
+    )
+    with _StopSignals() as stop, progress:
+        while step < total_steps:
+            epoch = step // steps_per_epoch + 1
+            epoch_end = min(epoch * steps_per_epoch, total_steps)
+            num_steps = min(epoch_end - step, calls_per_epoch)
+            runner.prepare(state, step, num_steps)  # compilation stays out of the timing
+
+            started = time.perf_counter()
+            state, call_metrics = runner.run(state, step, num_steps, lambda: stop.requested)
+            epoch_seconds += time.perf_counter() - started
+            done = len(call_metrics["loss"])
+
+            if config.nan_policy == "stop":
+                _check_finite(call_metrics, step, epoch, last_checkpoint, config)
+            for name, values in call_metrics.items():
+                epoch_metrics.setdefault(name, []).append(np.asarray(values, np.float32))
+            step += done
+            progress.update(done)
+
+            if step < epoch_end:  # stopped inside the epoch: keep its metrics with the state
+                if stop.requested:
+                    extra = {
+                        "epoch_metrics": _as_json(epoch_metrics),
+                        "epoch_train_seconds": epoch_seconds,
+                    }
+                    _save(checkpoints, step, state, config, extra, workdir, last_checkpoint)
+                    raise Preempted(stop.signum, step)
+                continue
+
+            eval_metrics = jax.device_get(evaluate(state.params, eval_on_device, eval_key))
+            if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
+                raise DivergenceError(
+                    f"the {split} ELBO became non-finite after step {step} (epoch {epoch}): "
+                    f"{eval_metrics}; the last good checkpoint (step {last_checkpoint}) is kept. "
+                    f"Lower learning_rate (now {config.learning_rate})."
+                )
+            record = _epoch_record(
+                epoch,
+                step,
+                step - (epoch - 1) * steps_per_epoch,
+                epoch_metrics,
+                eval_metrics,
+                split,
+                epoch_seconds,
+                config,
             )
-        )
-        eval_key = stream_key(state.key, EVAL_STREAM)
-        pictures = _Pictures(config, model, dataset, eval_records, state.key)
-
-        split = config.eval_split
-        step = last_checkpoint = restored_step
-        progress = tqdm.tqdm(
-            total=total_steps,
-            initial=step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (config.progress_bar and is_primary),
-            desc="training",
-        )
-        with progress:
-            while step < total_steps:
-                epoch = step // steps_per_epoch + 1
-                num_steps = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
-                runner.prepare(state, step, num_steps)  # compilation stays out of the timing
-
-                started = time.perf_counter()
-                state, step_metrics = runner.run(state, step, num_steps)
-                train_seconds = time.perf_counter() - started
-
-                _check_finite(step_metrics, step, epoch, last_checkpoint, config)
-                eval_metrics = jax.device_get(evaluate(state.params, eval_on_device, eval_key))
-                if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
-                    raise DivergenceError(
-                        f"the {split} ELBO became non-finite after step {step + num_steps} "
-                        f"(epoch {epoch}): {eval_metrics}; the last good checkpoint (step "
-                        f"{last_checkpoint}) is kept. Lower learning_rate (now "
-                        f"{config.learning_rate})."
-                    )
-                step += num_steps
-                record = {
-                    "epoch": epoch,
-                    "step": step,
-                    "train_elbo": float(np.mean(step_metrics["elbo"])),
-                    "train_kl": float(np.mean(step_metrics["kl"])),
-                    "train_recon": float(np.mean(step_metrics["recon"])),
-                    "train_loss": float(np.mean(step_metrics["loss"])),
-                    f"{split}_elbo": float(eval_metrics["elbo"]),
-                    f"{split}_kl": float(eval_metrics["kl"]),
-                    f"{split}_recon": float(eval_metrics["recon"]),
-                    "train_seconds": train_seconds,
-                    "examples_per_second": num_steps * config.batch_size / train_seconds,
-                }
+            try:
                 if is_primary:
                     metrics_log.append(record)
                 pictures.save(os.path.join(workdir, "images"), epoch, state.params, is_primary)
+            except OSError as error:
+                raise _write_failure(error, workdir, checkpoints) from error
+            epoch_metrics, epoch_seconds = {}, 0.0
 
-                if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-                    checkpoints.save(step, state, config)
-                    last_checkpoint = step
-
-                progress.update(num_steps)
-                progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
-                logging.info(
-                    "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) "
-                    "nats; %.2f s, %.0f examples/s",
-                    epoch,
-                    math.ceil(total_steps / steps_per_epoch),
-                    step,
-                    record["train_elbo"],
-                    split,
-                    record[f"{split}_elbo"],
-                    record[f"{split}_recon"],
-                    record[f"{split}_kl"],
-                    train_seconds,
-                    record["examples_per_second"],
-                )
+            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps or stop.requested:
+                _save(checkpoints, step, state, config, None, workdir, last_checkpoint)
+                last_checkpoint = step
+            progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
+            logging.info(
+                "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) "
+                "nats; %.2f s, %.0f examples/s",
+                epoch,
+                math.ceil(total_steps / steps_per_epoch),
+                step,
+                record["train_elbo"],
+                split,
+                record[f"{split}_elbo"],
+                record[f"{split}_recon"],
+                record[f"{split}_kl"],
+                record["train_seconds"],
+                record["examples_per_second"],
+            )
+            if stop.requested and step < total_steps:
+                raise Preempted(stop.signum, step)
+    try:
+        checkpoints.wait()  # the last save is complete, or its failure is reported here
+    except Exception as error:
+        raise _write_failure(error, workdir, checkpoints) from error
     return metrics_log.read()
+
+
+def _save(checkpoints, step, state, config, extra, workdir, last_checkpoint) -> None:
+    """Starts a checkpoint save; an earlier save's failure (e.g. a full disk) surfaces here."""
+    try:
+        checkpoints.save(step, state, config, extra)
+        if extra is not None:  # a preemption: the process ends right after, so wait for it
+            checkpoints.wait()
+    except Exception as error:
+        raise _write_failure(error, workdir, checkpoints) from error
