@@ -162,7 +162,14 @@ def main(argv: list[str]) -> None:
         cause = _one_line(error).split("; ")[-1]  # the last line holds the underlying reason
         _fail(f"--config could not be loaded: {cause}")
     try:
-        train.train_and_evaluate(config, FLAGS.workdir, start_fresh=FLAGS.start_fresh)
+        if config.population_size > 1:
+            from vae_jax import population  # imports train: only when asked for
+
+            if FLAGS.start_fresh:
+                _fail("--start_fresh is not supported for populations yet; use a new --workdir.")
+            population.train_population(config, FLAGS.workdir)
+        else:
+            train.train_and_evaluate(config, FLAGS.workdir, start_fresh=FLAGS.start_fresh)
     except VaeJaxError as error:
         logging.flush()
         _fail(str(error))

@@ -67,14 +67,25 @@ def to_float(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) * (1.0 / 255.0)
 
 
-def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
-    """Adam (or AdamW) with the configured learning-rate schedule over `total_steps`."""
-    rate = config.learning_rate
+def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, learning_rate=None):
+    """Adam (or AdamW) with the configured learning-rate schedule over `total_steps`.
+
+    `learning_rate` overrides `config.learning_rate`; it may be traced (populations vmap over it).
+    """
+    rate = config.learning_rate if learning_rate is None else learning_rate
     if config.lr_schedule == "cosine":
         rate = optax.cosine_decay_schedule(rate, decay_steps=max(total_steps, 1))
     elif config.lr_schedule == "warmup_cosine":
-        rate = optax.warmup_cosine_decay_schedule(
-            0.0, rate, config.warmup_steps, max(total_steps, config.warmup_steps + 1)
+        # optax.warmup_cosine_decay_schedule(0, rate, ...) spelled out: its `peak_value == 0.0`
+        # test cannot run on a traced rate (same schedule, same numbers).
+        warmup = config.warmup_steps
+        decay_steps = max(total_steps, warmup + 1)
+        rate = optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, rate, warmup),
+                optax.cosine_decay_schedule(rate, decay_steps=decay_steps - warmup),
+            ],
+            [warmup],
         )
     if config.optimizer == "adamw":
         return optax.adamw(rate, eps=config.adam_eps, weight_decay=config.weight_decay)
