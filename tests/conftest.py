@@ -1,5 +1,8 @@
 """Shared helpers: a small, fast config on a prefix of the real bundled data."""
 
+import subprocess
+import sys
+
 import pytest
 
 from vae_jax.config import get_config
@@ -22,6 +25,18 @@ def small_config(**overrides):
     for field, value in overrides.items():
         config[field] = value
     return config
+
+
+def run_cli(*args, cwd):
+    """`python -m vae_jax.main ARGS` in `cwd`, its output captured; never raises on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "vae_jax.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def without_timings(records):

@@ -2,12 +2,10 @@
 
 import hashlib
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import pytest
-from conftest import small_config
+from conftest import run_cli, small_config
 
 from vae_jax import objectives, train
 from vae_jax.config import get_config, validate_config
@@ -177,17 +175,6 @@ def test_divergence_keeps_the_last_good_checkpoint_and_metrics(tmp_path, monkeyp
         train.train_and_evaluate(small_config(num_epochs=3), str(workdir))
     assert snapshot(workdir / "checkpoints") == before
     assert (workdir / "metrics.jsonl").read_text() == metrics_before
-
-
-def run_cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "vae_jax.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(

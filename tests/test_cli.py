@@ -2,8 +2,8 @@
 
 import json
 import os
-import subprocess
-import sys
+
+from conftest import run_cli
 
 SMALL = [
     "--config.max_train_examples=512",
@@ -13,17 +13,6 @@ SMALL = [
     "--config.latents=2",
     "--config.num_image_examples=8",
 ]
-
-
-def run_cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "vae_jax.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_smoke_run_leaves_a_complete_workdir_and_resumes(tmp_path):
