@@ -1,7 +1,9 @@
 """The ELBO's mathematics against closed forms, Monte-Carlo estimates and a hand computation."""
 
+import itertools
 import math
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,3 +197,72 @@ def _decode_sample(model, params, x):
     mean, log_variance = model.apply(params, x, method="encode")
     z = objectives.reparameterize(jax.random.key(2), mean, log_variance)
     return model.apply(params, z, method="decode")[0]
+
+
+class _LinearDecoder(flax.linen.Module):
+    """p(x|z) = N(W z + b, sigma^2 I): with p(z) = N(0, I), log p(x) is known in closed form."""
+
+    image_shape: tuple = (1, 3, 1)
+
+    @flax.linen.compact
+    def __call__(self, z, train: bool = False):
+        return flax.linen.Dense(3)(z).reshape((z.shape[0], *self.image_shape))
+
+
+def _linear_gaussian_model():
+    model = models.VAE(models.MLPEncoder((8,), 2), _LinearDecoder(), "gaussian", 0.5)
+    x = jnp.array([[[[0.3], [-1.2], [0.8]]], [[[2.0], [0.1], [-0.5]]]])  # (2, 1, 3, 1)
+    params = model.init(jax.random.key(4), x, jnp.zeros((2, 2)))
+    decoder = params["params"]["decoder"]["Dense_0"]
+    weight, bias = np.asarray(decoder["kernel"]), np.asarray(decoder["bias"])  # (2, 3), (3,)
+    covariance = weight.T @ weight + 0.25 * np.eye(3)
+    flat = np.asarray(x).reshape(2, 3) - bias
+    _, log_det = np.linalg.slogdet(covariance)
+    solved = np.linalg.solve(covariance, flat.T).T
+    log_px = -0.5 * (3 * np.log(2 * np.pi) + log_det + np.sum(flat * solved, axis=1))
+    return model, params, x, log_px
+
+
+def test_importance_weighted_bound_with_one_sample_is_the_sampled_elbo():
+    model, params, x, _ = _linear_gaussian_model()
+    key = jax.random.key(0)
+    bound = objectives.importance_weighted_bound(model, params, x, key, num_samples=1)
+    # By hand, with the same noise: log p(x|z) + log p(z) - log q(z|x) at z = mean + sigma * eps.
+    mean, log_variance = (np.asarray(a) for a in model.apply(params, x, method="encode"))
+    eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), (1, *mean.shape)))[0]
+    z = mean + np.exp(0.5 * log_variance) * eps
+    location, log_scale = model.apply(params, jnp.asarray(z), method="decode")
+    log_px = np.asarray(objectives.log_likelihood(x, location, log_scale))
+    log_pz = -0.5 * np.sum(np.log(2 * np.pi) + z**2, axis=1)
+    log_qz = -0.5 * np.sum(np.log(2 * np.pi) + log_variance + eps**2, axis=1)
+    np.testing.assert_allclose(bound, log_px + log_pz - log_qz, rtol=1e-5)
+
+
+def test_importance_weighted_bound_tightens_towards_the_true_log_likelihood():
+    model, params, x, log_px = _linear_gaussian_model()
+
+    def average_bound(k, draws=40):
+        keys = jax.random.split(jax.random.key(k), draws)
+        fn = jax.jit(
+            lambda key: objectives.importance_weighted_bound(
+                model, params, x, key, num_samples=k, chunk_size=64
+            )
+        )
+        return np.mean([np.asarray(fn(key)) for key in keys], axis=0)
+
+    bounds = {k: average_bound(k) for k in (1, 10, 100, 1000)}
+    for example in range(2):
+        sequence = [bounds[k][example] for k in (1, 10, 100, 1000)]
+        assert all(a < b for a, b in itertools.pairwise(sequence)), sequence
+        assert sequence[-1] <= log_px[example] + 0.01  # a lower bound, up to Monte-Carlo noise
+        assert log_px[example] - sequence[-1] < 0.1 * (log_px[example] - sequence[0])
+
+
+def test_importance_weighted_bound_does_not_depend_on_the_chunk_size_beyond_its_draws():
+    model, params, x, _ = _linear_gaussian_model()
+    key = jax.random.key(9)
+    one_chunk = objectives.importance_weighted_bound(model, params, x, key, 50, chunk_size=50)
+    again = objectives.importance_weighted_bound(model, params, x, key, 50, chunk_size=50)
+    np.testing.assert_array_equal(one_chunk, again)
+    padded = objectives.importance_weighted_bound(model, params, x, key, 50, chunk_size=64)
+    assert np.all(np.isfinite(padded))  # 14 padded samples masked out, not counted
