@@ -608,193 +608,173 @@ def train_and_evaluate(
         config.seed,
         sharding=parallel.replicated(mesh),
     )
-    lock = outputs.WorkdirLock(workdir) if is_primary else contextlib.nullcontext()
-    with lock:
-        if start_fresh and is_primary:
-            moved_to = outputs.move_run_aside(workdir)
-            if moved_to:
-                logging.info("Moved the previous run aside to %s.", moved_to)
-        checkpoints_dir = os.path.join(workdir, "checkpoints")
-        with checkpoint.CheckpointStore(checkpoints_dir, config.max_to_keep) as checkpoints:
-            return _train(
-                config,
-                workdir,
-                dataset,
-                train_records,
-                eval_records,
-                model,
-                optimizer,
-                mesh,
-                is_primary,
-                initial_state,
-                checkpoints,
-                steps_per_epoch,
+    with contextlib.ExitStack() as cleanup:  # unlocks and closes checkpoints on every exit
+        if is_primary:
+            cleanup.enter_context(outputs.WorkdirLock(workdir))
+            if start_fresh:
+                moved_to = outputs.move_run_aside(workdir)
+                if moved_to:
+                    logging.info("Moved the previous run aside to %s.", moved_to)
+        checkpoints = cleanup.enter_context(
+            checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.max_to_keep)
+        )
+        state, restored_step, extra = checkpoints.restore_latest(initial_state, config)
+        # Every check has passed: from here on the workdir is written.
+        try:
+            metrics_log = _start_outputs(config, workdir, restored_step, is_primary)
+        except OSError as error:
+            raise _write_failure(error, workdir, checkpoints) from error
+        if restored_step >= total_steps:
+            logging.info(
+                "Already trained to step %d of %d; raise num_epochs to go on.",
+                restored_step,
                 total_steps,
             )
+            return metrics_log.read()
 
-
-def _train(
-    config,
-    workdir,
-    dataset,
-    train_records,
-    eval_records,
-    model,
-    optimizer,
-    mesh,
-    is_primary,
-    initial_state,
-    checkpoints,
-    steps_per_epoch,
-    total_steps,
-) -> list[dict]:
-    """The body of `train_and_evaluate` once the workdir is locked and checkpoints opened."""
-    state, restored_step, extra = checkpoints.restore_latest(initial_state, config)
-    # Every check has passed: from here on the workdir is written.
-    try:
-        metrics_log = _start_outputs(config, workdir, restored_step, is_primary)
-    except OSError as error:
-        raise _write_failure(error, workdir, checkpoints) from error
-    if restored_step >= total_steps:
-        logging.info(
-            "Already trained to step %d of %d; raise num_epochs to go on.",
-            restored_step,
-            total_steps,
-        )
-        return metrics_log.read()
-
-    train_step = make_train_step(
-        objectives.make_elbo_loss(model, config.beta),
-        optimizer,
-        config.dynamic_binarization,
-        dataset.render,
-        skip_nonfinite=config.nan_policy == "skip",
-    )
-    pipeline = choose_pipeline(config, train_records)
-    logging.info(
-        "Data %s: %d training examples, %s pipeline.", dataset.name, len(train_records), pipeline
-    )
-    runner = EpochRunner(
-        pipeline,
-        train_step,
-        train_records,
-        config.batch_size,
-        steps_per_epoch,
-        stream_key(state.key, SHUFFLE_STREAM),
-        config.stream_chunk_steps,
-        mesh,
-    )
-    # Evaluation batches are split over the devices too: round their size up to a multiple.
-    eval_batch_size = -(-min(config.eval_batch_size, len(eval_records)) // mesh.size) * mesh.size
-    eval_on_device = parallel.put_replicated(pad_to_multiple(eval_records, eval_batch_size), mesh)
-    evaluate = jax.jit(
-        make_evaluate(
-            model,
-            eval_batch_size,
-            len(eval_records),
+        train_step = make_train_step(
+            objectives.make_elbo_loss(model, config.beta),
+            optimizer,
+            config.dynamic_binarization,
             dataset.render,
-            binarize=config.dynamic_binarization,
-            batch_sharding=parallel.batch_sharding(mesh),
+            skip_nonfinite=config.nan_policy == "skip",
         )
-    )
-    eval_key = stream_key(state.key, EVAL_STREAM)
-    pictures = _Pictures(config, model, dataset, eval_records, state.key)
+        pipeline = choose_pipeline(config, train_records)
+        logging.info(
+            "Data %s: %d training examples, %s pipeline.",
+            dataset.name,
+            len(train_records),
+            pipeline,
+        )
+        runner = EpochRunner(
+            pipeline,
+            train_step,
+            train_records,
+            config.batch_size,
+            steps_per_epoch,
+            stream_key(state.key, SHUFFLE_STREAM),
+            config.stream_chunk_steps,
+            mesh,
+        )
+        # Evaluation batches are split over the devices too: round their size up to a multiple.
+        eval_batch_size = (
+            -(-min(config.eval_batch_size, len(eval_records)) // mesh.size) * mesh.size
+        )
+        eval_on_device = parallel.put_replicated(
+            pad_to_multiple(eval_records, eval_batch_size), mesh
+        )
+        evaluate = jax.jit(
+            make_evaluate(
+                model,
+                eval_batch_size,
+                len(eval_records),
+                dataset.render,
+                binarize=config.dynamic_binarization,
+                batch_sharding=parallel.batch_sharding(mesh),
+            )
+        )
+        eval_key = stream_key(state.key, EVAL_STREAM)
+        pictures = _Pictures(config, model, dataset, eval_records, state.key)
 
-    split = config.eval_split
-    step = last_checkpoint = restored_step
-    # The unfinished epoch a mid-epoch checkpoint left: its steps' metrics and training time.
-    epoch_metrics = {
-        k: [np.asarray(v, np.float32)] for k, v in extra.get("epoch_metrics", {}).items()
-    }
-    epoch_seconds = float(extra.get("epoch_train_seconds", 0.0))
-    calls_per_epoch = config.steps_per_call or steps_per_epoch
-    progress = tqdm.tqdm(
-        total=total_steps,
-        initial=step,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (config.progress_bar and is_primary),
-        desc="training",
-    )
-    with _StopSignals() as stop, progress:
-        while step < total_steps:
-            epoch = step // steps_per_epoch + 1
-            epoch_end = min(epoch * steps_per_epoch, total_steps)
-            num_steps = min(epoch_end - step, calls_per_epoch)
-            runner.prepare(state, step, num_steps)  # compilation stays out of the timing
+        split = config.eval_split
+        step = last_checkpoint = restored_step
+        # The unfinished epoch a mid-epoch checkpoint left: its steps' metrics and training time.
+        epoch_metrics = {
+            k: [np.asarray(v, np.float32)] for k, v in extra.get("epoch_metrics", {}).items()
+        }
+        epoch_seconds = float(extra.get("epoch_train_seconds", 0.0))
+        calls_per_epoch = config.steps_per_call or steps_per_epoch
+        progress = tqdm.tqdm(
+            total=total_steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (config.progress_bar and is_primary),
+            desc="training",
+        )
+        with _StopSignals() as stop, progress:
+            while step < total_steps:
+                epoch = step // steps_per_epoch + 1
+                epoch_end = min(epoch * steps_per_epoch, total_steps)
+                num_steps = min(epoch_end - step, calls_per_epoch)
+                runner.prepare(state, step, num_steps)  # compilation stays out of the timing
 
-            started = time.perf_counter()
-            state, call_metrics = runner.run(state, step, num_steps, lambda: stop.requested)
-            epoch_seconds += time.perf_counter() - started
-            done = len(call_metrics["loss"])
+                started = time.perf_counter()
+                state, call_metrics = runner.run(state, step, num_steps, lambda: stop.requested)
+                epoch_seconds += time.perf_counter() - started
+                done = len(call_metrics["loss"])
 
-            if config.nan_policy == "stop":
-                _check_finite(call_metrics, step, epoch, last_checkpoint, config)
-            for name, values in call_metrics.items():
-                epoch_metrics.setdefault(name, []).append(np.asarray(values, np.float32))
-            step += done
-            progress.update(done)
+                if config.nan_policy == "stop":
+                    _check_finite(call_metrics, step, epoch, last_checkpoint, config)
+                for name, values in call_metrics.items():
+                    epoch_metrics.setdefault(name, []).append(np.asarray(values, np.float32))
+                step += done
+                progress.update(done)
 
-            if step < epoch_end:  # stopped inside the epoch: keep its metrics with the state
-                if stop.requested:
-                    extra = {
-                        "epoch_metrics": _as_json(epoch_metrics),
-                        "epoch_train_seconds": epoch_seconds,
-                    }
-                    _save(checkpoints, step, state, config, extra, workdir, last_checkpoint)
-                    raise Preempted(stop.signum, step)
-                continue
+                if step < epoch_end:  # stopped inside the epoch: keep its metrics with the state
+                    if stop.requested:
+                        extra = {
+                            "epoch_metrics": _as_json(epoch_metrics),
+                            "epoch_train_seconds": epoch_seconds,
+                        }
+                        _save(checkpoints, step, state, config, extra, workdir, last_checkpoint)
+                        raise Preempted(stop.signum, step)
+                    continue
 
-            eval_metrics = jax.device_get(evaluate(state.params, eval_on_device, eval_key))
-            if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
-                raise DivergenceError(
-                    f"the {split} ELBO became non-finite after step {step} (epoch {epoch}): "
-                    f"{eval_metrics}; the last good checkpoint (step {last_checkpoint}) is kept. "
-                    f"Lower learning_rate (now {config.learning_rate})."
+                eval_metrics = jax.device_get(evaluate(state.params, eval_on_device, eval_key))
+                if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
+                    raise DivergenceError(
+                        f"the {split} ELBO became non-finite after step {step} (epoch {epoch}): "
+                        f"{eval_metrics}; the last good checkpoint (step {last_checkpoint}) is kept. "
+                        f"Lower learning_rate (now {config.learning_rate})."
+                    )
+                record = _epoch_record(
+                    epoch,
+                    step,
+                    step - (epoch - 1) * steps_per_epoch,
+                    epoch_metrics,
+                    eval_metrics,
+                    split,
+                    epoch_seconds,
+                    config,
                 )
-            record = _epoch_record(
-                epoch,
-                step,
-                step - (epoch - 1) * steps_per_epoch,
-                epoch_metrics,
-                eval_metrics,
-                split,
-                epoch_seconds,
-                config,
-            )
-            try:
-                if is_primary:
-                    metrics_log.append(record)
-                pictures.save(os.path.join(workdir, "images"), epoch, state.params, is_primary)
-            except OSError as error:
-                raise _write_failure(error, workdir, checkpoints) from error
-            epoch_metrics, epoch_seconds = {}, 0.0
+                try:
+                    if is_primary:
+                        metrics_log.append(record)
+                    pictures.save(os.path.join(workdir, "images"), epoch, state.params, is_primary)
+                except OSError as error:
+                    raise _write_failure(error, workdir, checkpoints) from error
+                epoch_metrics, epoch_seconds = {}, 0.0
 
-            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps or stop.requested:
-                _save(checkpoints, step, state, config, None, workdir, last_checkpoint)
-                last_checkpoint = step
-            progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
-            logging.info(
-                "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) "
-                "nats; %.2f s, %.0f examples/s",
-                epoch,
-                math.ceil(total_steps / steps_per_epoch),
-                step,
-                record["train_elbo"],
-                split,
-                record[f"{split}_elbo"],
-                record[f"{split}_recon"],
-                record[f"{split}_kl"],
-                record["train_seconds"],
-                record["examples_per_second"],
-            )
-            if stop.requested and step < total_steps:
-                raise Preempted(stop.signum, step)
-    try:
-        checkpoints.wait()  # the last save is complete, or its failure is reported here
-    except Exception as error:
-        raise _write_failure(error, workdir, checkpoints) from error
-    return metrics_log.read()
+                if (
+                    epoch % config.checkpoint_every_epochs == 0
+                    or step == total_steps
+                    or stop.requested
+                ):
+                    _save(checkpoints, step, state, config, None, workdir, last_checkpoint)
+                    last_checkpoint = step
+                progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
+                logging.info(
+                    "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) "
+                    "nats; %.2f s, %.0f examples/s",
+                    epoch,
+                    math.ceil(total_steps / steps_per_epoch),
+                    step,
+                    record["train_elbo"],
+                    split,
+                    record[f"{split}_elbo"],
+                    record[f"{split}_recon"],
+                    record[f"{split}_kl"],
+                    record["train_seconds"],
+                    record["examples_per_second"],
+                )
+                if stop.requested and step < total_steps:
+                    raise Preempted(stop.signum, step)
+        try:
+            checkpoints.wait()  # the last save is complete, or its failure is reported here
+        except Exception as error:
+            raise _write_failure(error, workdir, checkpoints) from error
+        return metrics_log.read()
 
 
 def _save(checkpoints, step, state, config, extra, workdir, last_checkpoint) -> None:
