@@ -10,4 +10,5 @@ def get_config():
     config.model = "conv"
     config.conv_features = (32, 64)
     config.conv_hidden = 256
+    config.activation = "leaky_relu"
     return config

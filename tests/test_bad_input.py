@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 
 import jax.numpy as jnp
 import pytest
@@ -48,6 +49,20 @@ def snapshot(directory) -> dict:
         ("hidden_sizes", (), "hidden_sizes=() must be a non-empty tuple"),
         ("conv_features", (32, -64), "conv_features=(32, -64) must be a non-empty tuple"),
         ("dropout_rate", 1.0, "dropout_rate=1.0 must be a number in [0, 1)"),
+        ("objective", "vq_vae", "objective='vq_vae' is not known; allowed: 'vae', 'beta_vae'"),
+        ("activation", "gelu", "activation='gelu' is not known; allowed: 'relu'"),
+        ("lr_schedule", "burda2", "lr_schedule='burda2' is not known"),
+        ("kl_warmup_steps", -1, "kl_warmup_steps=-1 must be an integer >= 0"),
+        ("capacity_max", -25.0, "capacity_max=-25.0 must be a finite number >= 0"),
+        ("capacity_steps", 0, "capacity_steps=0 must be an integer >= 1"),
+        ("capacity_gamma", float("nan"), "capacity_gamma=nan must be a finite number >= 0"),
+        ("factor_gamma", -1.0, "factor_gamma=-1.0 must be a finite number >= 0"),
+        ("discriminator_hidden", (), "discriminator_hidden=() must be a non-empty tuple"),
+        ("discriminator_learning_rate", 0.0, "discriminator_learning_rate=0.0 must be a finite"),
+        ("iwae_samples", 0, "iwae_samples=0 must be an integer >= 1"),
+        ("dae_corruption", "blur", "dae_corruption='blur' is not known; allowed: 'masking'"),
+        ("dae_noise_level", 1.0, "dae_noise_level=1.0 must be a fraction in (0, 1) of pixels"),
+        ("images_every_epochs", 0, "images_every_epochs=0 must be an integer >= 1"),
     ],
 )
 def test_invalid_values_are_named_with_what_is_allowed(field, value, message):
@@ -56,6 +71,24 @@ def test_invalid_values_are_named_with_what_is_allowed(field, value, message):
     with pytest.raises(ConfigError) as error:
         validate_config(config)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"beta": 4.0}, "beta=4.0 with objective='vae', whose KL weight is 1; use objective="),
+        ({"objective": "ae", "kl_warmup_steps": 100}, "kl_warmup_steps=100 with objective='ae'"),
+        ({"objective": "dae", "dae_corruption": "gaussian", "dae_noise_level": 0.0}, "sigma > 0"),
+        ({"objective": "factor_vae", "batch_size": 1}, "batch_size=1 with objective='factor_vae'"),
+        ({"objective": "iwae", "population_size": 2}, "populations train objective='vae' or"),
+        ({"population_size": 2, "population_betas": (1.0, 4.0)}, "need objective='beta_vae'"),
+    ],
+)
+def test_settings_that_contradict_the_objective(overrides, message):
+    config = get_config()
+    config.update(overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(config)
 
 
 def test_combinations_that_do_not_fit_together():
@@ -156,8 +189,8 @@ def test_divergence_keeps_the_last_good_checkpoint_and_metrics(tmp_path, monkeyp
 
     make_elbo_loss = objectives.make_elbo_loss
 
-    def poisoned_elbo_loss(model, beta):
-        loss_fn = make_elbo_loss(model, beta)
+    def poisoned_elbo_loss(model, beta, kl_warmup_steps=0):
+        loss_fn = make_elbo_loss(model, beta, kl_warmup_steps)
 
         def poisoned(params, x, key, step):
             loss, metrics = loss_fn(params, x, key, step)

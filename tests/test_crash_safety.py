@@ -180,8 +180,8 @@ def test_write_failure_of_metrics_is_a_clear_error(tmp_path, monkeypatch):
 def test_nan_policy_skip_skips_bad_updates_and_counts_them(tmp_path, monkeypatch):
     make_elbo_loss = objectives.make_elbo_loss
 
-    def poisoned_elbo_loss(model, beta):
-        loss_fn = make_elbo_loss(model, beta)
+    def poisoned_elbo_loss(model, beta, kl_warmup_steps=0):
+        loss_fn = make_elbo_loss(model, beta, kl_warmup_steps)
 
         def poisoned(params, x, key, step):
             loss, metrics = loss_fn(params, x, key, step)

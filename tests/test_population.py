@@ -30,7 +30,14 @@ ELBO_FIELDS = (
 def population_config(**overrides):
     """The small test config at a rate at which two epochs already separate the betas' KLs; no
     picture grids, which a population does not draw anyway."""
-    return small_config(**{"learning_rate": 3e-3, "num_image_examples": 0, **overrides})
+    return small_config(
+        **{
+            "objective": "beta_vae",
+            "learning_rate": 3e-3,
+            "num_image_examples": 0,
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,12 @@ from vae_jax.errors import ConfigError
 MODELS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "burda")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "elu", "softplus")
+OBJECTIVES = ("vae", "beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "iwae", "ae", "dae")
+# Objectives with a KL term that `kl_warmup_steps` can ramp up, and with an ELBO to report.
+VARIATIONAL_OBJECTIVES = ("vae", "beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "iwae")
+DAE_CORRUPTIONS = ("masking", "gaussian")
 EVAL_SPLITS = ("test", "valid")
 PIPELINES = ("auto", "device", "stream")
 NAN_POLICIES = ("stop", "skip")
@@ -45,6 +50,7 @@ RESUME_SAFE_FIELDS = frozenset(
         "pipeline",
         "stream_chunk_steps",
         "steps_per_call",
+        "images_every_epochs",
     }
 )
 
@@ -75,11 +81,28 @@ def get_config() -> ml_collections.ConfigDict:
     config.conv_features = (32, 64)  # conv: channels of the stride-2 convolutions
     config.conv_hidden = 256  # conv: width of the dense layer between convolutions and latents
     config.dropout_rate = 0.0  # conv encoder only
+    config.activation = "relu"  # of every hidden layer: 'relu' | 'leaky_relu' | 'tanh' | ...
 
-    # Objective: -ELBO_beta = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)), nats per example.
+    # Likelihood p(x|z), summed over pixels: every figure is in nats per example.
     config.likelihood = "bernoulli"  # 'bernoulli' | 'gaussian' (fixed sigma) | 'gaussian_learned'
     config.gaussian_scale = 1.0  # sigma of the fixed-scale Gaussian likelihood
-    config.beta = 1.0
+
+    # Objective (see vae_jax/objectives.py for the mathematics of each).
+    # 'vae': -ELBO; 'beta_vae': recon + beta * KL; 'annealed_vae': recon + gamma * |KL - C|;
+    # 'beta_tcvae': recon + KL + (beta - 1) * TC; 'factor_vae': recon + KL + gamma * TC (a
+    # discriminator's estimate); 'iwae': the k-sample bound; 'ae' / 'dae': (denoising) autoencoders.
+    config.objective = "vae"
+    config.beta = 1.0  # beta_vae: the KL weight; beta_tcvae: the total-correlation weight
+    config.kl_warmup_steps = 0  # the KL weight rises linearly from 0 over this many steps
+    config.capacity_gamma = 1000.0  # annealed_vae
+    config.capacity_max = 25.0  # annealed_vae: C_max in nats
+    config.capacity_steps = 100_000  # annealed_vae: steps over which C rises from 0 to C_max
+    config.factor_gamma = 10.0  # factor_vae: weight of the TC estimate (papers sweep 10-100)
+    config.discriminator_hidden = (1000,) * 6  # factor_vae: the discriminator's hidden widths
+    config.discriminator_learning_rate = 1e-4  # factor_vae: Adam(b1=0.5, b2=0.9)
+    config.iwae_samples = 50  # iwae: k, importance samples per example in training
+    config.dae_corruption = "masking"  # dae: 'masking' (zero pixels) | 'gaussian' (add noise)
+    config.dae_noise_level = 0.25  # dae: fraction of pixels masked, or the noise's sigma
 
     # Optimization.
     config.optimizer = "adam"
@@ -111,6 +134,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_epochs = 1
     config.max_to_keep = 3
     config.num_image_examples = 32  # test images reconstructed and prior samples drawn per grid
+    config.images_every_epochs = 1  # draw the grids every this many epochs (and at the end)
     config.progress_bar = True
     return config
 
@@ -188,6 +212,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "likelihood", LIKELIHOODS)
     _check_choice(config, "optimizer", OPTIMIZERS)
     _check_choice(config, "lr_schedule", LR_SCHEDULES)
+    _check_choice(config, "activation", ACTIVATIONS)
+    _check_choice(config, "objective", OBJECTIVES)
+    _check_choice(config, "dae_corruption", DAE_CORRUPTIONS)
 
     for field in (
         "latents",
@@ -200,6 +227,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "image_size",
         "stream_chunk_steps",
         "population_size",
+        "images_every_epochs",
+        "capacity_steps",
+        "iwae_samples",
     ):
         _check_int(config, field, 1)
     for field in (
@@ -210,15 +240,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "steps_per_call",
         "num_image_examples",
         "seed",
+        "kl_warmup_steps",
     ):
         _check_int(config, field, 0)
     _check_sizes(config, "hidden_sizes")
     _check_sizes(config, "conv_features")
+    _check_sizes(config, "discriminator_hidden")
 
-    for field in ("learning_rate", "gaussian_scale", "adam_eps"):
+    for field in ("learning_rate", "gaussian_scale", "adam_eps", "discriminator_learning_rate"):
         _check_positive_float(config, field)
-    for field in ("beta", "weight_decay"):
+    for field in ("beta", "weight_decay", "capacity_gamma", "capacity_max", "factor_gamma"):
         _check_positive_float(config, field, allow_zero=True)
+    level = config.dae_noise_level
+    _require(
+        _is_number(level)
+        and math.isfinite(level)
+        and (0.0 < level < 1.0 if config.dae_corruption == "masking" else level > 0.0),
+        f"dae_noise_level={level!r} must be "
+        + (
+            "a fraction in (0, 1) of pixels to mask."
+            if config.dae_corruption == "masking"
+            else "a noise sigma > 0."
+        ),
+    )
+    _check_objective(config)
     rate = config.dropout_rate
     _require(
         _is_number(rate) and 0.0 <= rate < 1.0,
@@ -259,6 +304,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_objective(config) -> None:
+    """Settings that contradict the chosen objective (a silently ignored setting is a bug)."""
+    objective = config.objective
+    _require(
+        objective != "vae" or config.beta == 1.0,
+        f"beta={config.beta!r} with objective='vae', whose KL weight is 1; "
+        "use objective='beta_vae' for another weight.",
+    )
+    _require(
+        objective in VARIATIONAL_OBJECTIVES or config.kl_warmup_steps == 0,
+        f"kl_warmup_steps={config.kl_warmup_steps!r} with objective={objective!r}, which has no KL "
+        f"term; allowed with: {', '.join(repr(o) for o in VARIATIONAL_OBJECTIVES)}.",
+    )
+    _require(
+        config.population_size == 1 or objective in ("vae", "beta_vae"),
+        f"population_size={config.population_size} with objective={objective!r}; populations "
+        "train objective='vae' or 'beta_vae'.",
+    )
+    _require(
+        not config.population_betas or objective == "beta_vae",
+        f"population_betas={tuple(config.population_betas)!r} with objective={objective!r}; "
+        "per-member KL weights need objective='beta_vae'.",
+    )
+    if objective in ("beta_tcvae", "factor_vae"):
+        _require(
+            config.batch_size >= 2,
+            f"batch_size={config.batch_size} with objective={objective!r}, whose total-"
+            "correlation estimate compares the examples of a batch; allowed: >= 2.",
+        )
+
+
 def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
     """A JSON-ready plain dict; tuples become lists so that dicts compare equal after a round trip."""
     plain = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
@@ -268,10 +344,13 @@ def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
 def resume_incompatibilities(saved: Mapping, current: Mapping) -> list[str]:
     """Fields whose values differ in a way that would change the computation of a resumed run."""
     saved, current = config_to_dict(saved), config_to_dict(current)
+    defaults = config_to_dict(get_config())
     differences = []
     for field in sorted(set(saved) | set(current)):
         if field in RESUME_SAFE_FIELDS:
             continue
+        if field not in saved and current.get(field) == defaults.get(field):
+            continue  # a field added since the checkpoint, at its default: the same computation
         if saved.get(field) != current.get(field):
             differences.append(
                 f"{field}={saved.get(field)!r} in the checkpoint, {current.get(field)!r} now"

@@ -10,63 +10,75 @@ objective from an explicit key. This module knows nothing of losses.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from vae_jax.errors import ConfigError
 
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": nn.relu,
+    "leaky_relu": nn.leaky_relu,  # slope 0.01
+    "tanh": jnp.tanh,
+    "elu": nn.elu,
+    "softplus": nn.softplus,
+}
+
 
 class MLPEncoder(nn.Module):
-    """Flattened image -> hidden ReLU layers -> (mean, log-variance)."""
+    """Flattened image -> hidden layers -> (mean, log-variance)."""
 
     hidden_sizes: Sequence[int]
     latents: int
+    activation: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         h = x.reshape((x.shape[0], -1))
         for width in self.hidden_sizes:
-            h = nn.relu(nn.Dense(width)(h))
+            h = self.activation(nn.Dense(width)(h))
         mean = nn.Dense(self.latents, name="mean")(h)
         log_variance = nn.Dense(self.latents, name="log_variance")(h)
         return mean, log_variance
 
 
 class MLPDecoder(nn.Module):
-    """Latents -> hidden ReLU layers -> one output per pixel, reshaped to the image."""
+    """Latents -> hidden layers -> one output per pixel, reshaped to the image."""
 
     hidden_sizes: Sequence[int]
     image_shape: tuple[int, int, int]
+    activation: Callable = nn.relu
 
     @nn.compact
     def __call__(self, z, train: bool = False):
         h = z
         for width in self.hidden_sizes:
-            h = nn.relu(nn.Dense(width)(h))
+            h = self.activation(nn.Dense(width)(h))
         out = nn.Dense(math.prod(self.image_shape))(h)
         return out.reshape((z.shape[0], *self.image_shape))
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 4x4 convolutions with leaky ReLU (and optional dropout), then dense layers."""
+    """Stride-2 4x4 convolutions (and optional dropout), then a dense layer, then the latents."""
 
     features: Sequence[int]
     hidden: int
     latents: int
     dropout_rate: float = 0.0
+    activation: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         h = x
         for channels in self.features:
-            h = nn.leaky_relu(nn.Conv(channels, (4, 4), strides=(2, 2), padding="SAME")(h))
+            h = self.activation(nn.Conv(channels, (4, 4), strides=(2, 2), padding="SAME")(h))
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         h = h.reshape((h.shape[0], -1))
-        h = nn.leaky_relu(nn.Dense(self.hidden)(h))
+        h = self.activation(nn.Dense(self.hidden)(h))
         mean = nn.Dense(self.latents, name="mean")(h)
         log_variance = nn.Dense(self.latents, name="log_variance")(h)
         return mean, log_variance
@@ -82,18 +94,19 @@ class ConvDecoder(nn.Module):
     features: Sequence[int]
     hidden: int
     image_shape: tuple[int, int, int]
+    activation: Callable = nn.relu
 
     @nn.compact
     def __call__(self, z, train: bool = False):
         height, width, channels = self.image_shape
         scale = 2 ** len(self.features)
         base_h, base_w = height // scale, width // scale
-        h = nn.leaky_relu(nn.Dense(self.hidden)(z))
-        h = nn.leaky_relu(nn.Dense(base_h * base_w * self.features[-1])(h))
+        h = self.activation(nn.Dense(self.hidden)(z))
+        h = self.activation(nn.Dense(base_h * base_w * self.features[-1])(h))
         h = h.reshape((z.shape[0], base_h, base_w, self.features[-1]))
         for out_channels in tuple(reversed(self.features[:-1])):
             h = nn.ConvTranspose(out_channels, (4, 4), strides=(2, 2), padding="SAME")(h)
-            h = nn.leaky_relu(h)
+            h = self.activation(h)
         return nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME")(h)
 
 
@@ -135,11 +148,29 @@ class VAE(nn.Module):
         return self.encode(x, train), self.decode(z, train)
 
 
+class Discriminator(nn.Module):
+    """FactorVAE's critic: latents -> hidden leaky-ReLU (slope 0.2) layers -> 2 logits.
+
+    Logit 0 scores "a sample of q(z)", logit 1 "a sample of prod_j q(z_j)" (latents permuted
+    dimension by dimension across the batch); logit 0 - logit 1 estimates log q(z) / prod q(z_j).
+    """
+
+    hidden_sizes: Sequence[int]
+
+    @nn.compact
+    def __call__(self, z):
+        h = z
+        for width in self.hidden_sizes:
+            h = jax.nn.leaky_relu(nn.Dense(width)(h), negative_slope=0.2)
+        return nn.Dense(2)(h)
+
+
 def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> VAE:
     """The VAE that `config` describes, for images of `image_shape` (H, W, C)."""
+    activation = ACTIVATIONS[config.activation]
     if config.model == "mlp":
-        encoder = MLPEncoder(tuple(config.hidden_sizes), config.latents)
-        decoder = MLPDecoder(tuple(reversed(config.hidden_sizes)), tuple(image_shape))
+        encoder = MLPEncoder(tuple(config.hidden_sizes), config.latents, activation)
+        decoder = MLPDecoder(tuple(reversed(config.hidden_sizes)), tuple(image_shape), activation)
     elif config.model == "conv":
         scale = 2 ** len(config.conv_features)
         height, width = image_shape[:2]
@@ -150,9 +181,15 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
                 f"the images are {height}x{width}. Use fewer conv_features or model='mlp'."
             )
         encoder = ConvEncoder(
-            tuple(config.conv_features), config.conv_hidden, config.latents, config.dropout_rate
+            tuple(config.conv_features),
+            config.conv_hidden,
+            config.latents,
+            config.dropout_rate,
+            activation,
         )
-        decoder = ConvDecoder(tuple(config.conv_features), config.conv_hidden, tuple(image_shape))
+        decoder = ConvDecoder(
+            tuple(config.conv_features), config.conv_hidden, tuple(image_shape), activation
+        )
     else:
         raise ConfigError(f"model={config.model!r} is not known; allowed: 'mlp', 'conv'.")
     return VAE(encoder, decoder, config.likelihood, float(config.gaussian_scale))

@@ -6,16 +6,27 @@ the weight `beta` on the KL term means what it means in the papers.
 Each objective is built by a `make_*_loss(model, ...)` function and has the signature
 `loss_fn(params, x, key, step) -> (loss, metrics)`: x is a float batch (B, H, W, C), key a typed
 PRNG key for every draw of this step, step the training step (for schedules); loss is the scalar
-to minimise (the batch mean) and metrics a dict of scalar batch means.
+to minimise (the batch mean) and metrics a dict of scalar batch means. FactorVAE's loss also
+takes the discriminator's parameters and comes with a `Critic` that trains the discriminator in
+the same step (see `make_objective`).
+
+Every variational objective reports `elbo` (the single-sample β = 1 bound with the analytic KL),
+`recon` and `kl`, so runs with different objectives compare on one scale; `loss` is what the
+objective minimises.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vae_jax import models
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -113,6 +124,18 @@ def reparameterize(key: jax.Array, mean: jax.Array, log_variance: jax.Array) -> 
     return mean + jnp.exp(0.5 * log_variance) * eps
 
 
+def _encode_sample_decode(model, params, x, noise_key, dropout_key=None) -> dict:
+    """q(z|x)'s mean and log-variance, one reparameterized z, and -log p(x|z), per example."""
+    train = dropout_key is not None
+    rngs = {"dropout": dropout_key} if train else None
+    mean, log_variance = model.apply(params, x, train, method="encode", rngs=rngs)
+    z = reparameterize(noise_key, mean, log_variance)
+    location, log_scale = model.apply(params, z, train, method="decode", rngs=rngs)
+    recon = -log_likelihood(x, location, log_scale)
+    kl = gaussian_kl_to_standard_normal(mean, log_variance)
+    return {"mean": mean, "log_variance": log_variance, "z": z, "recon": recon, "kl": kl}
+
+
 def elbo_terms(model, params, x: jax.Array, noise_key: jax.Array, dropout_key=None) -> dict:
     r"""Single-sample estimates of the ELBO's two terms, per example.
 
@@ -132,32 +155,306 @@ def elbo_terms(model, params, x: jax.Array, noise_key: jax.Array, dropout_key=No
       dict of (B,) arrays: `recon` = -log p(x|z) (the reconstruction loss, >= 0 for binary data),
       `kl`, and `elbo` = -(recon + kl).
     """
+    terms = _encode_sample_decode(model, params, x, noise_key, dropout_key)
+    return {"recon": terms["recon"], "kl": terms["kl"], "elbo": -(terms["recon"] + terms["kl"])}
+
+
+def deterministic_terms(model, params, x: jax.Array, noise_key=None, dropout_key=None) -> dict:
+    """An autoencoder's reconstruction loss -log p(x | z = encoder mean), per example.
+
+    `noise_key` is ignored (nothing is sampled); it is there to match `elbo_terms`.
+    """
+    del noise_key
     train = dropout_key is not None
     rngs = {"dropout": dropout_key} if train else None
-    mean, log_variance = model.apply(params, x, train, method="encode", rngs=rngs)
-    z = reparameterize(noise_key, mean, log_variance)
-    location, log_scale = model.apply(params, z, train, method="decode", rngs=rngs)
-    recon = -log_likelihood(x, location, log_scale)
-    kl = gaussian_kl_to_standard_normal(mean, log_variance)
-    return {"recon": recon, "kl": kl, "elbo": -(recon + kl)}
+    mean, _ = model.apply(params, x, train, method="encode", rngs=rngs)
+    location, log_scale = model.apply(params, mean, train, method="decode", rngs=rngs)
+    return {"recon": -log_likelihood(x, location, log_scale)}
 
 
-def make_elbo_loss(model, beta: float = 1.0) -> Callable:
-    r"""The (β-)VAE objective: minimise E_q[-log p(x|z)] + β KL(q(z|x) || p(z)).
+def linear_warmup(step: jax.Array, warmup_steps: int) -> jax.Array:
+    r"""The KL warm-up weight :math:`w_t = \min(1, t / N)`; 1 throughout when N = 0."""
+    if warmup_steps == 0:
+        return jnp.ones((), jnp.float32)
+    return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
 
-    β = 1 is the VAE's negative ELBO; β > 1 is the β-VAE of Higgins et al. (2017). The reported
-    `elbo` metric is always the β = 1 bound, so runs with different β compare on one scale.
+
+def _batch_means(terms: dict) -> dict:
+    return {name: jnp.mean(value) for name, value in terms.items()}
+
+
+def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0) -> Callable:
+    r"""The (β-)VAE objective: minimise E_q[-log p(x|z)] + w_t β KL(q(z|x) || p(z)).
+
+    β = 1 is the VAE's negative ELBO; β > 1 is the β-VAE of Higgins et al. (2017). w_t is the
+    KL warm-up weight (`linear_warmup`). The reported `elbo` metric is always the β = 1 bound, so
+    runs with different β compare on one scale. `beta` may be traced (populations vmap over it).
     """
 
     def loss_fn(params, x, key, step):
-        del step  # a constant β has no schedule
         noise_key, dropout_key = jax.random.split(key)
         terms = elbo_terms(model, params, x, noise_key, dropout_key)
-        loss = jnp.mean(terms["recon"] + beta * terms["kl"])
-        metrics = {name: jnp.mean(value) for name, value in terms.items()}
-        return loss, {"loss": loss, **metrics}
+        weight = beta * linear_warmup(step, kl_warmup_steps)
+        loss = jnp.mean(terms["recon"] + weight * terms["kl"])
+        return loss, {"loss": loss, **_batch_means(terms)}
 
     return loss_fn
+
+
+def capacity(step: jax.Array, capacity_max: float, capacity_steps: int) -> jax.Array:
+    r"""Burgess et al. (2018)'s target KL, rising linearly: :math:`C_t = C_{max} \min(1, t/T)`.
+
+    `step` is the training step: evaluation never advances it.
+    """
+    return capacity_max * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / capacity_steps)
+
+
+def make_annealed_loss(
+    model, gamma: float, capacity_max: float, capacity_steps: int, kl_warmup_steps: int = 0
+) -> Callable:
+    r"""Burgess et al. (2018): minimise E_q[-log p(x|z)] + γ |KL(q(z|x) || p(z)) - C_t|.
+
+    The batch-mean KL is held near the capacity C_t (`capacity`), which grows so that the
+    latents take on information gradually. Defaults in the paper: γ = 1000, C_max = 25 nats.
+    """
+
+    def loss_fn(params, x, key, step):
+        noise_key, dropout_key = jax.random.split(key)
+        terms = elbo_terms(model, params, x, noise_key, dropout_key)
+        target = capacity(step, capacity_max, capacity_steps)
+        weight = gamma * linear_warmup(step, kl_warmup_steps)
+        means = _batch_means(terms)
+        loss = means["recon"] + weight * jnp.abs(means["kl"] - target)
+        return loss, {"loss": loss, **means, "capacity": target}
+
+    return loss_fn
+
+
+def total_correlation(z: jax.Array, mean: jax.Array, log_variance: jax.Array) -> jax.Array:
+    r"""Minibatch-weighted-sampling estimate of the total correlation of q(z), in nats.
+
+    .. math::
+        \mathrm{TC} = \mathbb{E}_{q(z)}\left[\log q(z) - \textstyle\sum_d \log q(z_d)\right],
+        \quad
+        \log q(z_i) \approx \log \frac{1}{M} \sum_{j=1}^{M} q(z_i | x_j)
+
+    (and likewise for each q(z_d)), with z_i ~ q(z|x_i) for the M examples of the batch: the
+    aggregate posterior is estimated by the batch's mixture of posteriors (Chen et al. 2018,
+    section 4.1). Chen et al.'s code normalises by N·M (N the data set size) instead of M, which
+    adds the constant (D - 1) log N to the estimate and leaves its gradients unchanged; with M the
+    figure is the TC itself, 0 for independent latents.
+
+    Args:
+      z: (M, D) samples, z_i from q(z|x_i).
+      mean, log_variance: (M, D) parameters of q(z|x_j).
+
+    Returns:
+      The scalar estimate (a batch mean).
+    """
+    # log q(z_i,d | x_j) for every pair: (M, M, D).
+    pair_log_density = -0.5 * (
+        _LOG_2PI
+        + log_variance[None, :, :]
+        + (z[:, None, :] - mean[None, :, :]) ** 2 * jnp.exp(-log_variance[None, :, :])
+    )
+    log_batch = jnp.log(float(z.shape[0]))
+    log_joint = jax.nn.logsumexp(pair_log_density.sum(axis=2), axis=1) - log_batch
+    log_marginals = jax.nn.logsumexp(pair_log_density, axis=1) - log_batch
+    return jnp.mean(log_joint - log_marginals.sum(axis=1))
+
+
+def make_beta_tcvae_loss(model, beta: float, kl_warmup_steps: int = 0) -> Callable:
+    r"""β-TCVAE (Chen et al. 2018): minimise E_q[-log p(x|z)] + w_t (KL + (β - 1) TC).
+
+    The KL decomposes into index-code mutual information + TC + dimension-wise KL; this weighs
+    the TC by β and the other two by 1 (the paper's α = γ = 1), with the TC estimated by
+    `total_correlation` on the batch. β = 1 is the VAE.
+    """
+
+    def loss_fn(params, x, key, step):
+        noise_key, dropout_key = jax.random.split(key)
+        terms = _encode_sample_decode(model, params, x, noise_key, dropout_key)
+        tc = total_correlation(terms["z"], terms["mean"], terms["log_variance"])
+        weight = linear_warmup(step, kl_warmup_steps)
+        means = _batch_means({k: terms[k] for k in ("recon", "kl")})
+        loss = means["recon"] + weight * (means["kl"] + (beta - 1.0) * tc)
+        elbo = -(means["recon"] + means["kl"])
+        return loss, {"loss": loss, **means, "elbo": elbo, "tc": tc}
+
+    return loss_fn
+
+
+def permute_dimensions(key: jax.Array, z: jax.Array) -> jax.Array:
+    """Each latent dimension shuffled across the batch on its own: a sample of prod_d q(z_d)."""
+    keys = jax.random.split(key, z.shape[1])
+    return jax.vmap(
+        lambda k, column: jax.random.permutation(k, column), in_axes=(0, 1), out_axes=1
+    )(keys, z)
+
+
+class Critic(NamedTuple):
+    """A second network trained in the same step as the model (FactorVAE's discriminator).
+
+    Attributes:
+      init: key -> the critic's parameters.
+      optimizer: its optax optimizer.
+      loss: (critic_params, latents, key) -> (loss, metrics); `latents` are the model's samples
+        of this step, without gradient to the model.
+    """
+
+    init: Callable
+    optimizer: optax.GradientTransformation
+    loss: Callable
+
+
+class Objective(NamedTuple):
+    """What a training step needs: the model's loss and, for FactorVAE, a critic.
+
+    Without a critic, `loss(params, x, key, step)`; with one, `loss(params, x, key, step,
+    critic_params)`, whose metrics carry the step's latents under `latents` for the critic.
+    """
+
+    loss: Callable
+    critic: Critic | None = None
+
+
+def make_factor_vae_objective(
+    model,
+    latents: int,
+    gamma: float,
+    discriminator_hidden,
+    discriminator_learning_rate: float,
+    kl_warmup_steps: int = 0,
+) -> Objective:
+    r"""FactorVAE (Kim & Mnih 2018): minimise E_q[-log p(x|z)] + w_t KL + γ TC, where
+
+    .. math::
+        \mathrm{TC} \approx \mathbb{E}_{q(z)}\left[\log \frac{D(z)}{1 - D(z)}\right]
+        = \mathbb{E}_{q(z)}[\ell_0(z) - \ell_1(z)]
+
+    with a discriminator D (logits ℓ) trained, in the same step, to tell z ~ q(z) from latents
+    permuted dimension by dimension (samples of prod_d q(z_d)): cross-entropy, Adam(lr, b1 = 0.5,
+    b2 = 0.9) as in the paper. Both see this step's batch (as disentanglement_lib does); the
+    discriminator's input carries no gradient to the model.
+    """
+    discriminator = models.Discriminator(tuple(discriminator_hidden))
+
+    def loss_fn(params, x, key, step, critic_params):
+        noise_key, dropout_key = jax.random.split(key)
+        terms = _encode_sample_decode(model, params, x, noise_key, dropout_key)
+        logits = discriminator.apply(jax.lax.stop_gradient(critic_params), terms["z"])
+        tc = jnp.mean(logits[:, 0] - logits[:, 1])
+        means = _batch_means({k: terms[k] for k in ("recon", "kl")})
+        loss = means["recon"] + linear_warmup(step, kl_warmup_steps) * means["kl"] + gamma * tc
+        elbo = -(means["recon"] + means["kl"])
+        metrics = {"loss": loss, **means, "elbo": elbo, "tc": tc}
+        return loss, {**metrics, "latents": jax.lax.stop_gradient(terms["z"])}
+
+    def critic_loss(critic_params, z, key):
+        permuted = permute_dimensions(key, z)
+        logits = discriminator.apply(critic_params, jnp.concatenate([z, permuted]))
+        labels = jnp.concatenate(
+            [jnp.zeros(z.shape[0], jnp.int32), jnp.ones(z.shape[0], jnp.int32)]
+        )
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        accuracy = jnp.mean((jnp.argmax(logits, axis=1) == labels).astype(jnp.float32))
+        return loss, {"discriminator_loss": loss, "discriminator_accuracy": accuracy}
+
+    def critic_init(key):
+        return discriminator.init(key, jnp.zeros((1, latents), jnp.float32))
+
+    optimizer = optax.adam(discriminator_learning_rate, b1=0.5, b2=0.9)
+    return Objective(loss_fn, Critic(critic_init, optimizer, critic_loss))
+
+
+def make_iwae_loss(model, num_samples: int, kl_warmup_steps: int = 0) -> Callable:
+    r"""IWAE (Burda et al. 2015): maximise the k-sample bound `importance_weighted_bound`.
+
+    The k samples are decoded in one chunk (k · B decodes per step). With warm-up, the log
+    weights' prior-over-posterior part log p(z) - log q(z|x) is scaled by w_t. Reports the
+    bound as `iwae_bound` next to the single-sample `elbo` of the same step.
+    """
+
+    def loss_fn(params, x, key, step):
+        bound_key, noise_key, dropout_key = jax.random.split(key, 3)
+        weight = linear_warmup(step, kl_warmup_steps)
+        bound = importance_weighted_bound(
+            model, params, x, bound_key, num_samples, num_samples, dropout_key, weight
+        )
+        terms = elbo_terms(model, params, x, noise_key, dropout_key)
+        loss = -jnp.mean(bound)
+        means = jax.lax.stop_gradient(_batch_means(terms))
+        return loss, {"loss": loss, **means, "iwae_bound": -loss}
+
+    return loss_fn
+
+
+def corrupt(key: jax.Array, x: jax.Array, corruption: str, level: float) -> jax.Array:
+    """The denoising autoencoder's input: pixels zeroed with probability `level` ('masking', as
+    Vincent et al. 2008), or Gaussian noise of sigma `level` added and clipped to [0, 1]."""
+    if corruption == "masking":
+        return jnp.where(jax.random.bernoulli(key, level, x.shape), 0.0, x)
+    return jnp.clip(x + level * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
+
+
+def make_autoencoder_loss(model, corruption: str | None = None, level: float = 0.0) -> Callable:
+    r"""A deterministic autoencoder: minimise -log p(x | z = encoder mean of x̃).
+
+    x̃ = x for the plain autoencoder ('ae'); for the denoising one ('dae') x̃ = `corrupt`(x) and
+    the clean x is the target. No KL and no sampling: the figure is a reconstruction loss, not a
+    likelihood bound.
+    """
+
+    def loss_fn(params, x, key, step):
+        del step
+        corrupt_key, dropout_key = jax.random.split(key)
+        inputs = x if corruption is None else corrupt(corrupt_key, x, corruption, level)
+        rngs = {"dropout": dropout_key}
+        mean, _ = model.apply(params, inputs, True, method="encode", rngs=rngs)
+        location, log_scale = model.apply(params, mean, True, method="decode", rngs=rngs)
+        loss = -jnp.mean(log_likelihood(x, location, log_scale))
+        return loss, {"loss": loss, "recon": loss}
+
+    return loss_fn
+
+
+def make_objective(config: ml_collections.ConfigDict, model) -> Objective:
+    """The objective `config.objective` names, with its settings from `config`."""
+    warmup = config.kl_warmup_steps
+    name = config.objective
+    if name in ("vae", "beta_vae"):
+        return Objective(make_elbo_loss(model, config.beta, warmup))
+    if name == "annealed_vae":
+        return Objective(
+            make_annealed_loss(
+                model, config.capacity_gamma, config.capacity_max, config.capacity_steps, warmup
+            )
+        )
+    if name == "beta_tcvae":
+        return Objective(make_beta_tcvae_loss(model, config.beta, warmup))
+    if name == "factor_vae":
+        return make_factor_vae_objective(
+            model,
+            config.latents,
+            config.factor_gamma,
+            config.discriminator_hidden,
+            config.discriminator_learning_rate,
+            warmup,
+        )
+    if name == "iwae":
+        return Objective(make_iwae_loss(model, config.iwae_samples, warmup))
+    if name == "ae":
+        return Objective(make_autoencoder_loss(model))
+    if name == "dae":
+        return Objective(
+            make_autoencoder_loss(model, config.dae_corruption, config.dae_noise_level)
+        )
+    raise ValueError(f"objective={name!r} is not known")  # validate_config rejects it first
+
+
+def is_variational(objective: str) -> bool:
+    """Whether the objective has a posterior q(z|x) and a KL: an ELBO to report."""
+    return objective not in ("ae", "dae")
 
 
 def _gaussian_log_density(z: jax.Array, mean: jax.Array, log_variance: jax.Array) -> jax.Array:
@@ -168,7 +465,14 @@ def _gaussian_log_density(z: jax.Array, mean: jax.Array, log_variance: jax.Array
 
 
 def importance_weighted_bound(
-    model, params, x: jax.Array, key: jax.Array, num_samples: int, chunk_size: int = 64
+    model,
+    params,
+    x: jax.Array,
+    key: jax.Array,
+    num_samples: int,
+    chunk_size: int = 64,
+    dropout_key: jax.Array | None = None,
+    prior_weight: jax.Array | float = 1.0,
 ) -> jax.Array:
     r"""The k-sample importance-weighted bound of Burda et al. (2015), per example, in nats.
 
@@ -190,13 +494,18 @@ def importance_weighted_bound(
       num_samples: k >= 1.
       chunk_size: samples decoded at once; k is padded up to a multiple of it and the padding
         masked out.
+      dropout_key: for training with dropout; None evaluates deterministically.
+      prior_weight: scales log p(z) - log q(z|x) in the log weights (KL warm-up in training); 1
+        is the bound.
 
     Returns:
       (B,) bounds.
     """
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
-    mean, log_variance = model.apply(params, x, method="encode")
+    train = dropout_key is not None
+    rngs = {"dropout": dropout_key} if train else None
+    mean, log_variance = model.apply(params, x, train, method="encode", rngs=rngs)
     batch = x.shape[0]
 
     def chunk_log_weights(chunk_index):
@@ -205,13 +514,14 @@ def importance_weighted_bound(
         )
         z = mean + jnp.exp(0.5 * log_variance) * eps  # (S, B, D)
         flat_z = z.reshape((chunk_size * batch, -1))
-        location, log_scale = model.apply(params, flat_z, method="decode")
+        location, log_scale = model.apply(params, flat_z, train, method="decode", rngs=rngs)
         repeated_x = jnp.broadcast_to(x, (chunk_size, *x.shape)).reshape(location.shape)
         log_px = log_likelihood(repeated_x, location, log_scale).reshape((chunk_size, batch))
         log_pz = _gaussian_log_density(z, 0.0, jnp.zeros_like(z))
         log_qz = _gaussian_log_density(z, mean, log_variance)
         sample_index = chunk_index * chunk_size + jnp.arange(chunk_size)[:, None]
-        return jnp.where(sample_index < num_samples, log_px + log_pz - log_qz, -jnp.inf)
+        log_weights = log_px + prior_weight * (log_pz - log_qz)
+        return jnp.where(sample_index < num_samples, log_weights, -jnp.inf)
 
     def accumulate(carry, chunk_index):
         running_max, running_sum = carry

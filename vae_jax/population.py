@@ -148,7 +148,7 @@ def make_population_epoch(
         # Built per trace from traced hyperparameters: one program for any values of the sweep.
         optimizer = train.build_optimizer(config, schedule_steps, learning_rate)
         train_step = train.make_train_step(
-            objectives.make_elbo_loss(model, beta),
+            objectives.make_elbo_loss(model, beta, config.kl_warmup_steps),
             optimizer,
             config.dynamic_binarization,
             render,

@@ -38,7 +38,7 @@ from vae_jax.data import stream
 from vae_jax.errors import ConfigError, DivergenceError, Preempted, WorkdirError
 
 # Key streams: fold_in(root, STREAM) then fold_in(stream, step / epoch / example index).
-INIT_STREAM, TRAIN_STREAM, SHUFFLE_STREAM, EVAL_STREAM, PICTURES_STREAM = range(5)
+INIT_STREAM, TRAIN_STREAM, SHUFFLE_STREAM, EVAL_STREAM, PICTURES_STREAM, CRITIC_STREAM = range(6)
 
 
 @flax.struct.dataclass
@@ -50,12 +50,15 @@ class TrainState:
       params: the model's variables.
       opt_state: the optimizer's state.
       key: typed PRNG key, the root of every draw (see the module docstring).
+      critic: for objectives with a critic (FactorVAE), {'params', 'opt_state'} of the critic;
+        None otherwise.
     """
 
     step: jax.Array
     params: dict
     opt_state: optax.OptState
     key: jax.Array
+    critic: dict | None = None
 
 
 def stream_key(root_key: jax.Array, stream: int) -> jax.Array:
@@ -67,6 +70,24 @@ def to_float(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) * (1.0 / 255.0)
 
 
+def burda_schedule(learning_rate, steps_per_epoch: int, num_stages: int = 8):
+    r"""Burda et al. (2015)'s staircase: stage i = 0..7 runs 3^i epochs at rate lr * 10^(-i/7).
+
+    .. math::
+        \eta(t) = \eta_0 \, 10^{-i/7} \quad\text{for}\quad
+        \textstyle\sum_{j<i} 3^j \le t / \text{steps per epoch} < \sum_{j \le i} 3^j
+
+    3280 epochs in all; past them the last rate holds. `learning_rate` may be traced.
+    """
+    boundaries = np.cumsum([3**i for i in range(num_stages)])[:-1] * steps_per_epoch
+    rates = learning_rate * jnp.asarray([10.0 ** (-i / 7) for i in range(num_stages)])
+
+    def schedule(step):
+        return rates[jnp.searchsorted(jnp.asarray(boundaries), step, side="right")]
+
+    return schedule
+
+
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, learning_rate=None):
     """Adam (or AdamW) with the configured learning-rate schedule over `total_steps`.
 
@@ -75,6 +96,8 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, learnin
     rate = config.learning_rate if learning_rate is None else learning_rate
     if config.lr_schedule == "cosine":
         rate = optax.cosine_decay_schedule(rate, decay_steps=max(total_steps, 1))
+    elif config.lr_schedule == "burda":
+        rate = burda_schedule(rate, total_steps // config.num_epochs)
     elif config.lr_schedule == "warmup_cosine":
         # optax.warmup_cosine_decay_schedule(0, rate, ...) spelled out: its `peak_value == 0.0`
         # test cannot run on a traced rate (same schedule, same numbers).
@@ -93,21 +116,36 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int, learnin
 
 
 def create_train_state(
-    model: models.VAE, optimizer, image_shape, latents: int, seed: int, sharding=None
+    model: models.VAE,
+    optimizer,
+    image_shape,
+    latents: int,
+    seed: int,
+    sharding=None,
+    critic: objectives.Critic | None = None,
 ):
-    """A fresh train state: parameters drawn from the INIT stream of `seed`, placed by `sharding`
-    (e.g. replicated over a mesh; None: the default device)."""
+    """A fresh train state: parameters drawn from the INIT stream of `seed` (a critic's from the
+    CRITIC stream), placed by `sharding` (e.g. replicated over a mesh; None: the default
+    device)."""
 
     def init():
         root_key = jax.random.key(seed)
         example_x = jnp.zeros((1, *image_shape), jnp.float32)
         example_z = jnp.zeros((1, latents), jnp.float32)
         params = model.init(stream_key(root_key, INIT_STREAM), example_x, example_z)
+        critic_state = None
+        if critic is not None:
+            critic_params = critic.init(stream_key(root_key, CRITIC_STREAM))
+            critic_state = {
+                "params": critic_params,
+                "opt_state": critic.optimizer.init(critic_params),
+            }
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=optimizer.init(params),
             key=root_key,
+            critic=critic_state,
         )
 
     return jax.jit(init, out_shardings=sharding)()
@@ -119,7 +157,7 @@ def _records_to_float(records: jax.Array, render: Callable | None) -> jax.Array:
 
 
 def make_train_step(
-    loss_fn: Callable,
+    objective: objectives.Objective | Callable,
     optimizer,
     dynamic_binarization: bool = False,
     render: Callable | None = None,
@@ -127,7 +165,9 @@ def make_train_step(
 ):
     """One update: (state, batch of records) -> (state, metrics of that batch).
 
-    Records are uint8 images, or, with `render`, what it turns into uint8 images on the device.
+    `objective` is an `objectives.Objective`, or just its loss function. With a critic, the
+    model's update is followed, in the same step, by one update of the critic on the step's
+    latents. Records are uint8 images, or, with `render`, what it turns into uint8 images on the device.
     With `skip_nonfinite`, an update whose loss or gradient is not finite is not applied (the
     parameters and optimizer state stay as they were, the step still counts) and the metrics
     gain `skipped` = 1 for it.
@@ -136,24 +176,48 @@ def make_train_step(
     the step, so a resumed run continues with the same draws.
     """
 
+    if not isinstance(objective, objectives.Objective):
+        objective = objectives.Objective(objective)
+    critic = objective.critic
+
     def train_step(state: TrainState, images: jax.Array):
         step_key = jax.random.fold_in(stream_key(state.key, TRAIN_STREAM), state.step)
-        loss_key, binarize_key = jax.random.split(step_key)
+        if critic is None:
+            loss_key, binarize_key = jax.random.split(step_key)
+        else:
+            loss_key, binarize_key, critic_key = jax.random.split(step_key, 3)
         x = _records_to_float(images, render)
         if dynamic_binarization:
             x = jax.random.bernoulli(binarize_key, x).astype(jnp.float32)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, loss_key, state.step)
+        loss_args = (x, loss_key, state.step)
+        if critic is not None:
+            loss_args += (state.critic["params"],)
+        grads, metrics = jax.grad(objective.loss, has_aux=True)(state.params, *loss_args)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        new = {"params": optax.apply_updates(state.params, updates), "opt_state": opt_state}
+        all_grads = [grads]
+        if critic is not None:
+            latents = metrics.pop("latents")
+            critic_grads, critic_metrics = jax.grad(critic.loss, has_aux=True)(
+                state.critic["params"], latents, critic_key
+            )
+            critic_updates, critic_opt_state = critic.optimizer.update(
+                critic_grads, state.critic["opt_state"], state.critic["params"]
+            )
+            new["critic"] = {
+                "params": optax.apply_updates(state.critic["params"], critic_updates),
+                "opt_state": critic_opt_state,
+            }
+            metrics = {**metrics, **critic_metrics}
+            all_grads.append(critic_grads)
         if skip_nonfinite:
             finite = jnp.isfinite(metrics["loss"]) & jnp.all(
-                jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+                jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(all_grads)])
             )
-            keep = lambda new, old: jnp.where(finite, new, old)
-            params = jax.tree.map(keep, params, state.params)
-            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+            old = {name: getattr(state, name) for name in new}
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
             metrics = {**metrics, "skipped": (~finite).astype(jnp.float32)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state.replace(step=state.step + 1, **new), metrics
 
     return train_step
 
@@ -211,8 +275,12 @@ def make_evaluate(
     render: Callable | None = None,
     binarize: bool = False,
     batch_sharding=None,
+    variational: bool = True,
 ):
     """Mean single-sample ELBO terms over a whole split: `evaluate(params, images, key) -> dict`.
+
+    For a non-`variational` model (an autoencoder) the only term is the reconstruction loss
+    from the encoder's mean (`objectives.deterministic_terms`).
 
     `images` is the split padded to a multiple of `batch_size` (see `pad_to_multiple`); the first
     `num_examples` count. Example i's draws come from fold_in(key, i), so the figures do not
@@ -220,6 +288,9 @@ def make_evaluate(
     each grayscale example is scored as one fixed Bernoulli draw of its pixels, the same every
     epoch, so the figure is a log-likelihood bound of binary data rather than a cross-entropy.
     """
+
+    terms_fn = objectives.elbo_terms if variational else objectives.deterministic_terms
+    names = ("elbo", "kl", "recon") if variational else ("recon",)
 
     def evaluate(params, images: jax.Array, key: jax.Array) -> dict:
         num_batches = images.shape[0] // batch_size
@@ -235,11 +306,11 @@ def make_evaluate(
             if binarize:
                 binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
                 x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
-            terms = objectives.elbo_terms(model, params, x, example_keys)
+            terms = terms_fn(model, params, x, example_keys)
             weight = (indices < num_examples).astype(jnp.float32)
             return {k: totals[k] + jnp.sum(weight * terms[k]) for k in totals}, None
 
-        zeros = {k: jnp.zeros((), jnp.float32) for k in ("elbo", "kl", "recon")}
+        zeros = {k: jnp.zeros((), jnp.float32) for k in names}
         totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
         return {k: v / num_examples for k, v in totals.items()}
 
@@ -550,14 +621,27 @@ def _epoch_record(epoch, step, steps, epoch_metrics, eval_metrics, split, second
     record = {
         "epoch": epoch,
         "step": step,
-        **{f"train_{k}": float(np.mean(values[k][used])) for k in ("elbo", "kl", "recon", "loss")},
-        **{f"{split}_{k}": float(eval_metrics[k]) for k in ("elbo", "kl", "recon")},
+        **{f"train_{k}": float(np.mean(v[used])) for k, v in sorted(values.items())},
+        **{f"{split}_{k}": float(v) for k, v in sorted(eval_metrics.items())},
         "train_seconds": seconds,
         "examples_per_second": steps * config.batch_size / seconds,
     }
     if config.nan_policy == "skip":
         record["skipped_steps"] = int(np.sum(~used))
     return record
+
+
+def _summary(record: dict, split: str) -> str:
+    """'train_elbo -100.12, test_elbo -101.35 (recon 80.10, kl 21.25)', or the recon for an
+    autoencoder."""
+    if f"{split}_elbo" not in record:
+        return (
+            f"train_recon {record['train_recon']:.2f}, {split}_recon {record[f'{split}_recon']:.2f}"
+        )
+    return (
+        f"train_elbo {record['train_elbo']:.2f}, {split}_elbo {record[f'{split}_elbo']:.2f} "
+        f"(recon {record[f'{split}_recon']:.2f}, kl {record[f'{split}_kl']:.2f})"
+    )
 
 
 def _as_json(epoch_metrics: dict) -> dict:
@@ -599,6 +683,7 @@ def train_and_evaluate(
     is_primary = jax.process_index() == 0  # one process writes metrics, pictures, config.json
 
     model = models.build_model(config, dataset.image_shape)
+    objective = objectives.make_objective(config, model)
     optimizer = build_optimizer(config, schedule_steps)
     initial_state = create_train_state(
         model,
@@ -607,6 +692,7 @@ def train_and_evaluate(
         config.latents,
         config.seed,
         sharding=parallel.replicated(mesh),
+        critic=objective.critic,
     )
     with contextlib.ExitStack() as cleanup:  # unlocks and closes checkpoints on every exit
         if is_primary:
@@ -633,7 +719,7 @@ def train_and_evaluate(
             return metrics_log.read()
 
         train_step = make_train_step(
-            objectives.make_elbo_loss(model, config.beta),
+            objective,
             optimizer,
             config.dynamic_binarization,
             dataset.render,
@@ -671,6 +757,7 @@ def train_and_evaluate(
                 dataset.render,
                 binarize=config.dynamic_binarization,
                 batch_sharding=parallel.batch_sharding(mesh),
+                variational=objectives.is_variational(config.objective),
             )
         )
         eval_key = stream_key(state.key, EVAL_STREAM)
@@ -741,7 +828,10 @@ def train_and_evaluate(
                 try:
                     if is_primary:
                         metrics_log.append(record)
-                    pictures.save(os.path.join(workdir, "images"), epoch, state.params, is_primary)
+                    if epoch % config.images_every_epochs == 0 or step == total_steps:
+                        pictures.save(
+                            os.path.join(workdir, "images"), epoch, state.params, is_primary
+                        )
                 except OSError as error:
                     raise _write_failure(error, workdir, checkpoints) from error
                 epoch_metrics, epoch_seconds = {}, 0.0
@@ -753,18 +843,14 @@ def train_and_evaluate(
                 ):
                     _save(checkpoints, step, state, config, None, workdir, last_checkpoint)
                     last_checkpoint = step
-                progress.set_postfix({f"{split}_elbo": f"{record[f'{split}_elbo']:.2f}"})
+                headline = f"{split}_elbo" if f"{split}_elbo" in record else f"{split}_recon"
+                progress.set_postfix({headline: f"{record[headline]:.2f}"})
                 logging.info(
-                    "epoch %d/%d step %d: train_elbo %.2f, %s_elbo %.2f (recon %.2f, kl %.2f) "
-                    "nats; %.2f s, %.0f examples/s",
+                    "epoch %d/%d step %d: %s nats; %.2f s, %.0f examples/s",
                     epoch,
                     math.ceil(total_steps / steps_per_epoch),
                     step,
-                    record["train_elbo"],
-                    split,
-                    record[f"{split}_elbo"],
-                    record[f"{split}_recon"],
-                    record[f"{split}_kl"],
+                    _summary(record, split),
                     record["train_seconds"],
                     record["examples_per_second"],
                 )
