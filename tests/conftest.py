@@ -1,5 +1,7 @@
 """Shared helpers: a small, fast config on a prefix of the real bundled data."""
 
+import hashlib
+import os
 import subprocess
 import sys
 
@@ -27,10 +29,10 @@ def small_config(**overrides):
     return config
 
 
-def run_cli(*args, cwd):
-    """`python -m vae_jax.main ARGS` in `cwd`, its output captured; never raises on failure."""
+def run_cli(*args, cwd, module="vae_jax.main"):
+    """`python -m MODULE ARGS` in `cwd`, its output captured; never raises on failure."""
     return subprocess.run(
-        [sys.executable, "-m", "vae_jax.main", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -41,6 +43,31 @@ def run_cli(*args, cwd):
 
 def without_timings(records):
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+def snapshot(directory) -> dict:
+    """Relative path -> sha256 of every file below `directory`."""
+    digests = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+def straight_and_resumed(config, tmp_path):
+    """The records of `config` trained straight through, and trained for one epoch less then
+    resumed to the end in the same workdir (timings dropped), for equality tests."""
+    from vae_jax import train
+
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    epochs = config.num_epochs
+    config.num_epochs = epochs - 1
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    config.num_epochs = epochs
+    resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    return without_timings(straight), without_timings(resumed)
 
 
 @pytest.fixture

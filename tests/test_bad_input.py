@@ -1,27 +1,15 @@
 """Bad input ends in one clear sentence, before any work, and never harms what a workdir holds."""
 
-import hashlib
 import os
 import re
 
 import jax.numpy as jnp
 import pytest
-from conftest import run_cli, small_config
+from conftest import run_cli, small_config, snapshot
 
 from vae_jax import objectives, train
 from vae_jax.config import get_config, validate_config
 from vae_jax.errors import ConfigError, DivergenceError, WorkdirError
-
-
-def snapshot(directory) -> dict:
-    """Relative path -> sha256 of every file below `directory`."""
-    digests = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                digests[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return digests
 
 
 @pytest.mark.parametrize(
@@ -63,6 +51,7 @@ def snapshot(directory) -> dict:
         ("dae_corruption", "blur", "dae_corruption='blur' is not known; allowed: 'masking'"),
         ("dae_noise_level", 1.0, "dae_noise_level=1.0 must be a fraction in (0, 1) of pixels"),
         ("images_every_epochs", 0, "images_every_epochs=0 must be an integer >= 1"),
+        ("dtype", "float16", "dtype='float16' is not known; allowed: 'float32', 'bfloat16'"),
     ],
 )
 def test_invalid_values_are_named_with_what_is_allowed(field, value, message):

@@ -1,5 +1,8 @@
 """Shapes of both architectures, and the checks `build_model` makes."""
 
+import re
+
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,3 +67,70 @@ def test_conv_rejects_image_sides_it_cannot_halve():
     config.model, config.conv_features = "conv", (32, 64, 64)
     with pytest.raises(ConfigError, match="divisible by 8.*28x28"):
         models.build_model(config, (28, 28, 1))
+
+
+@pytest.mark.parametrize("shape, features", [((2, 4, 4, 3), 5), ((3, 8, 6, 16), 1)])
+def test_phase_form_of_the_transposed_convolution_equals_flax_conv_transpose(shape, features):
+    x = jax.random.normal(jax.random.key(0), shape)
+    reference = flax.linen.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")
+    params = reference.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+    ours = models.ConvTranspose4x4Stride2(features)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    np.testing.assert_allclose(
+        ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
+    )
+    grads = [
+        jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (ours, reference)
+    ]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+
+
+def test_mixed_precision_matmul_runs_every_product_in_bf16_and_returns_f32_gradients():
+    x = jax.random.normal(jax.random.key(0), (32, 64))
+    kernel = jax.random.normal(jax.random.key(1), (64, 16)) * 0.1
+
+    def loss(x, kernel, dtype):
+        if dtype == jnp.float32:
+            return jnp.sum(jnp.tanh(x @ kernel))
+        return jnp.sum(jnp.tanh(models.mixed_precision_matmul(x, kernel, dtype)))
+
+    exact = jax.grad(loss, argnums=(0, 1))(x, kernel, jnp.float32)
+    mixed = jax.grad(loss, argnums=(0, 1))(x, kernel, jnp.bfloat16)
+    for e, m in zip(exact, mixed):
+        assert m.dtype == jnp.float32
+        relative = float(jnp.linalg.norm(m - e) / jnp.linalg.norm(e))
+        assert 1e-5 < relative < 2e-2  # bf16 rounding of the operands: visible, small
+    jaxpr = str(
+        jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, kernel, jnp.bfloat16)
+    )
+    # forward and both gradients: three products, each of bf16 operands summed in f32
+    assert jaxpr.count("dot_general[") == 3
+    assert jaxpr.count("preferred_element_type=float32") == 3
+    declared = dict(re.findall(r"\b([a-z]+):(bf16|f32)\[", jaxpr))
+    lines = jaxpr.splitlines()
+    starts = [i for i, line in enumerate(lines) if "dot_general[" in line]
+    for start in starts:
+        closing = next(line for line in lines[start:] if line.strip().startswith("] "))
+        operands = closing.strip()[2:].split()
+        assert [declared[name] for name in operands] == ["bf16", "bf16"], closing
+
+
+def test_bfloat16_model_has_the_float32_parameters_and_close_outputs():
+    config = get_config()
+    config.latents = 8
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        config.dtype = dtype
+        model = models.build_model(config, (28, 28, 1))
+        params = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), jnp.zeros((2, 8)))
+        assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+        x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+        mean, _ = model.apply(params, x, method="encode")
+        logits, _ = model.apply(params, mean, method="decode")
+        assert mean.dtype == logits.dtype == jnp.float32
+        outputs[dtype] = (params, logits)
+    jax.tree.map(np.testing.assert_array_equal, outputs["float32"][0], outputs["bfloat16"][0])
+    np.testing.assert_allclose(outputs["bfloat16"][1], outputs["float32"][1], atol=0.1)

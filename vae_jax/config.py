@@ -30,8 +30,10 @@ OBJECTIVES = ("vae", "beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "iw
 # Objectives with a KL term that `kl_warmup_steps` can ramp up, and with an ELBO to report.
 VARIATIONAL_OBJECTIVES = ("vae", "beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "iwae")
 DAE_CORRUPTIONS = ("masking", "gaussian")
+DTYPES = ("float32", "bfloat16")
 EVAL_SPLITS = ("test", "valid")
 PIPELINES = ("auto", "device", "stream")
+STEP_LOOPS = ("auto", "scan", "host")
 NAN_POLICIES = ("stop", "skip")
 
 # Fields that may differ between a checkpoint and the run that resumes it: they change how long
@@ -50,6 +52,8 @@ RESUME_SAFE_FIELDS = frozenset(
         "pipeline",
         "stream_chunk_steps",
         "steps_per_call",
+        # The same steps in a compiled loop or called one by one (equal up to float rounding).
+        "step_loop",
         "images_every_epochs",
     }
 )
@@ -69,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
     # are gathered on the host and prefetched; 'auto': 'device' when the split fits the budget.
     config.pipeline = "auto"
     config.stream_chunk_steps = 64  # streaming: steps per compiled call (and per transfer)
+    # How a call runs its steps: 'scan' compiles them into one loop; 'host' calls the compiled
+    # step once per step (XLA:CPU runs convolutions inside loops several times slower, jax#12868);
+    # 'auto': 'host' for the conv model on CPU, else 'scan'.
+    config.step_loop = "auto"
     config.eval_split = "test"  # evaluated after every epoch; 'valid' for model selection
     config.max_train_examples = 0  # 0 = the whole split; a prefix, for smoke runs and tests
     config.max_eval_examples = 0  # 0 = the whole split
@@ -82,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.conv_hidden = 256  # conv: width of the dense layer between convolutions and latents
     config.dropout_rate = 0.0  # conv encoder only
     config.activation = "relu"  # of every hidden layer: 'relu' | 'leaky_relu' | 'tanh' | ...
+    # 'bfloat16': matrix products and convolutions in bf16 with float32 accumulation, float32
+    # parameters, optimizer state and losses (mixed precision); 'float32': everything in f32.
+    config.dtype = "float32"
 
     # Likelihood p(x|z), summed over pixels: every figure is in nats per example.
     config.likelihood = "bernoulli"  # 'bernoulli' | 'gaussian' (fixed sigma) | 'gaussian_learned'
@@ -206,6 +217,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(isinstance(config.dataset, str), f"dataset={config.dataset!r} must be a string.")
     data.check_dataset_name(config.dataset)
     _check_choice(config, "pipeline", PIPELINES)
+    _check_choice(config, "step_loop", STEP_LOOPS)
     _check_choice(config, "nan_policy", NAN_POLICIES)
     _check_choice(config, "eval_split", EVAL_SPLITS)
     _check_choice(config, "model", MODELS)
@@ -213,6 +225,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "optimizer", OPTIMIZERS)
     _check_choice(config, "lr_schedule", LR_SCHEDULES)
     _check_choice(config, "activation", ACTIVATIONS)
+    _check_choice(config, "dtype", DTYPES)
     _check_choice(config, "objective", OBJECTIVES)
     _check_choice(config, "dae_corruption", DAE_CORRUPTIONS)
 

@@ -131,12 +131,18 @@ def _ignore_closed_event_loop(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def quiet_library_logs() -> None:
+    """Keeps a command's output to its own lines: see `_QuietLibraries` and
+    `_ignore_closed_event_loop`. Also used by `python -m vae_jax.evaluate`."""
+    sys.unraisablehook = _ignore_closed_event_loop
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    sys.unraisablehook = _ignore_closed_event_loop
+    quiet_library_logs()
     absl_handler = logging.get_absl_handler()
-    absl_handler.addFilter(_QuietLibraries())
     absl_handler.python_handler.stream = _AboveProgressBar()
     # Imported here so that `--help` and flag errors answer before JAX starts.
     from vae_jax import parallel, train

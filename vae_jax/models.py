@@ -9,8 +9,10 @@ objective from an explicit key. This module knows nothing of losses.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,20 +30,112 @@ ACTIVATIONS: dict[str, Callable] = {
 }
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_precision_matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+    r"""x @ kernel with the products in `dtype` and float32 sums, in both directions.
+
+    Forward :math:`y = \mathrm{f32}(\tilde x \tilde W)`, backward
+    :math:`\partial x = \mathrm{f32}(\tilde g \tilde W^\top)`,
+    :math:`\partial W = \mathrm{f32}(\tilde x^\top \tilde g)`, where a tilde rounds to `dtype`.
+    All three products run on bf16 units and accumulate in f32, and the gradients reach the
+    float32 parameters unrounded. (Autodiff of a plain bf16 product would round the weight
+    gradient to bf16 and mix f32 and bf16 operands in the backward products.)
+
+    Args:
+      x: (..., K) float32.
+      kernel: (K, N) float32.
+      dtype: of the products (jnp.bfloat16; jnp.float32 is the plain product).
+    """
+    return _low_precision_dot(x, kernel.astype(dtype), dtype)
+
+
+def _low_precision_dot(x, kernel_in_dtype, dtype):
+    return jax.lax.dot_general(
+        x.astype(dtype),
+        kernel_in_dtype,
+        (((x.ndim - 1,), (0,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    )
+
+
+def _mixed_precision_matmul_forward(x, kernel, dtype):
+    x_low, kernel_low = x.astype(dtype), kernel.astype(dtype)
+    return _low_precision_dot(x_low, kernel_low, dtype), (x_low, kernel_low)
+
+
+def _mixed_precision_matmul_backward(dtype, residuals, g):
+    x_low, kernel_low = residuals
+    g_low = g.astype(dtype)
+    dx = jax.lax.dot_general(
+        g_low, kernel_low, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    batch_axes = tuple(range(x_low.ndim - 1))
+    dkernel = jax.lax.dot_general(
+        x_low, g_low, ((batch_axes, batch_axes), ((), ())), preferred_element_type=jnp.float32
+    )
+    return dx, dkernel
+
+
+mixed_precision_matmul.defvjp(_mixed_precision_matmul_forward, _mixed_precision_matmul_backward)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` (same parameter names, shapes and initialisers) whose product runs in `dtype`
+    by `mixed_precision_matmul`; float32 parameters and output whatever `dtype` is."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.dtype == jnp.float32:
+            return x @ kernel + bias
+        return mixed_precision_matmul(x, kernel, self.dtype) + bias
+
+
+def dense(features: int, dtype, name: str | None = None) -> nn.Module:
+    """A dense layer whose product runs in `dtype` (float32, or bfloat16 for mixed precision),
+    with float32 parameters and float32 accumulation."""
+    if dtype == jnp.float32:
+        return nn.Dense(features, name=name)
+    return Dense(features, dtype, name=name)
+
+
+def conv(features: int, dtype) -> nn.Conv:
+    """A 4x4 stride-2 SAME convolution in `dtype` with float32 parameters and accumulation."""
+    return nn.Conv(
+        features,
+        (4, 4),
+        strides=(2, 2),
+        padding="SAME",
+        dtype=dtype,
+        conv_general_dilated=functools.partial(
+            jax.lax.conv_general_dilated, preferred_element_type=jnp.float32
+        ),
+    )
+
+
+# Mixed precision: the dtype of the matrix products (float32 parameters and sums either way).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 class MLPEncoder(nn.Module):
     """Flattened image -> hidden layers -> (mean, log-variance)."""
 
     hidden_sizes: Sequence[int]
     latents: int
     activation: Callable = nn.relu
+    dtype: Any = jnp.float32  # of the matrix products; parameters and sums stay float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         h = x.reshape((x.shape[0], -1))
         for width in self.hidden_sizes:
-            h = self.activation(nn.Dense(width)(h))
-        mean = nn.Dense(self.latents, name="mean")(h)
-        log_variance = nn.Dense(self.latents, name="log_variance")(h)
+            h = self.activation(dense(width, self.dtype)(h))
+        mean = dense(self.latents, self.dtype, name="mean")(h)
+        log_variance = dense(self.latents, self.dtype, name="log_variance")(h)
         return mean, log_variance
 
 
@@ -51,13 +145,14 @@ class MLPDecoder(nn.Module):
     hidden_sizes: Sequence[int]
     image_shape: tuple[int, int, int]
     activation: Callable = nn.relu
+    dtype: Any = jnp.float32  # of the matrix products; parameters and sums stay float32
 
     @nn.compact
     def __call__(self, z, train: bool = False):
         h = z
         for width in self.hidden_sizes:
-            h = self.activation(nn.Dense(width)(h))
-        out = nn.Dense(math.prod(self.image_shape))(h)
+            h = self.activation(dense(width, self.dtype)(h))
+        out = dense(math.prod(self.image_shape), self.dtype)(h)
         return out.reshape((z.shape[0], *self.image_shape))
 
 
@@ -69,19 +164,79 @@ class ConvEncoder(nn.Module):
     latents: int
     dropout_rate: float = 0.0
     activation: Callable = nn.relu
+    dtype: Any = jnp.float32  # of the matrix products; parameters and sums stay float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         h = x
         for channels in self.features:
-            h = self.activation(nn.Conv(channels, (4, 4), strides=(2, 2), padding="SAME")(h))
+            h = self.activation(conv(channels, self.dtype)(h))
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         h = h.reshape((h.shape[0], -1))
-        h = self.activation(nn.Dense(self.hidden)(h))
-        mean = nn.Dense(self.latents, name="mean")(h)
-        log_variance = nn.Dense(self.latents, name="log_variance")(h)
+        h = self.activation(dense(self.hidden, self.dtype)(h))
+        mean = dense(self.latents, self.dtype, name="mean")(h)
+        log_variance = dense(self.latents, self.dtype, name="log_variance")(h)
         return mean, log_variance
+
+
+def conv_transpose_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax.Array:
+    r"""`lax.conv_transpose(x, kernel, (2, 2), 'SAME')` for a 4x4 kernel, as four 2x2 convolutions.
+
+    The transposed convolution dilates x with zeros and convolves. Output pixel (2m + a, 2n + b)
+    only meets the taps kernel[a::2, b::2] at inputs {m - 1, m} (phase 0) or {m, m + 1}
+    (phase 1) along each axis:
+
+    .. math::
+        y_{2m+a,\,2n+b} = \sum_{i,j \in \{0,1\}} x_{m+i-1+a,\,n+j-1+b}\; k_{a+2i,\,b+2j}
+
+    so each of the four phases is a stride-1 2x2 convolution, and the phases interleave into
+    the output. Same numbers as the dilated form (to float rounding), without its zeros: on XLA's
+    CPU backend the dilated form's kernel gradient is about 10x slower than the whole phase form.
+
+    Args:
+      x: (B, H, W, C_in).
+      kernel: (4, 4, C_in, C_out), as `nn.ConvTranspose` stores it.
+      dtype: of the products (x and kernel are cast to it); the sums are float32.
+
+    Returns:
+      (B, 2H, 2W, C_out), float32.
+    """
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    padding = {0: (1, 0), 1: (0, 1)}
+    rows = []
+    for a in (0, 1):
+        phases = [
+            jax.lax.conv_general_dilated(
+                x,
+                kernel[a::2, b::2],
+                (1, 1),
+                (padding[a], padding[b]),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                preferred_element_type=jnp.float32,
+            )
+            for b in (0, 1)
+        ]
+        rows.append(jnp.stack(phases, axis=3))  # (B, H, W, 2 phases of b, C)
+    y = jnp.stack(rows, axis=2)  # (B, H, 2 phases of a, W, 2 phases of b, C)
+    batch, height, _, width, _, channels = y.shape
+    return y.reshape((batch, 2 * height, 2 * width, channels))
+
+
+class ConvTranspose4x4Stride2(nn.Module):
+    """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`: the same parameters
+    (names, shapes, initialisers) and outputs, computed by `conv_transpose_4x4_stride_2`."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return conv_transpose_4x4_stride_2(x, kernel, self.dtype) + bias
 
 
 class ConvDecoder(nn.Module):
@@ -95,19 +250,22 @@ class ConvDecoder(nn.Module):
     hidden: int
     image_shape: tuple[int, int, int]
     activation: Callable = nn.relu
+    dtype: Any = jnp.float32  # of the matrix products; parameters and sums stay float32
 
     @nn.compact
     def __call__(self, z, train: bool = False):
         height, width, channels = self.image_shape
         scale = 2 ** len(self.features)
         base_h, base_w = height // scale, width // scale
-        h = self.activation(nn.Dense(self.hidden)(z))
-        h = self.activation(nn.Dense(base_h * base_w * self.features[-1])(h))
+        h = self.activation(dense(self.hidden, self.dtype)(z))
+        h = self.activation(dense(base_h * base_w * self.features[-1], self.dtype)(h))
         h = h.reshape((z.shape[0], base_h, base_w, self.features[-1]))
-        for out_channels in tuple(reversed(self.features[:-1])):
-            h = nn.ConvTranspose(out_channels, (4, 4), strides=(2, 2), padding="SAME")(h)
-            h = self.activation(h)
-        return nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME")(h)
+        out_channels = (*reversed(self.features[:-1]), channels)
+        for index, features in enumerate(out_channels):
+            h = ConvTranspose4x4Stride2(features, self.dtype, name=f"ConvTranspose_{index}")(h)
+            if index < len(out_channels) - 1:
+                h = self.activation(h)
+        return h
 
 
 class VAE(nn.Module):
@@ -168,9 +326,12 @@ class Discriminator(nn.Module):
 def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> VAE:
     """The VAE that `config` describes, for images of `image_shape` (H, W, C)."""
     activation = ACTIVATIONS[config.activation]
+    dtype = DTYPES[config.dtype]
     if config.model == "mlp":
-        encoder = MLPEncoder(tuple(config.hidden_sizes), config.latents, activation)
-        decoder = MLPDecoder(tuple(reversed(config.hidden_sizes)), tuple(image_shape), activation)
+        encoder = MLPEncoder(tuple(config.hidden_sizes), config.latents, activation, dtype)
+        decoder = MLPDecoder(
+            tuple(reversed(config.hidden_sizes)), tuple(image_shape), activation, dtype
+        )
     elif config.model == "conv":
         scale = 2 ** len(config.conv_features)
         height, width = image_shape[:2]
@@ -186,9 +347,10 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
             config.latents,
             config.dropout_rate,
             activation,
+            dtype,
         )
         decoder = ConvDecoder(
-            tuple(config.conv_features), config.conv_hidden, tuple(image_shape), activation
+            tuple(config.conv_features), config.conv_hidden, tuple(image_shape), activation, dtype
         )
     else:
         raise ConfigError(f"model={config.model!r} is not known; allowed: 'mlp', 'conv'.")

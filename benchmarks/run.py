@@ -1,0 +1,385 @@
+"""The throughput suite: vae_jax against the typical JAX loop and PyTorch, and against the device's
+own matmul rate, all measured in one run.
+
+    python -m benchmarks.run                       # the full table (about 15 min on a 2-core CPU)
+    python -m benchmarks.run --quick               # batch 128 only, fewer repeats
+    python -m benchmarks.run --models mlp --batch_sizes 128,1024 --no-torch
+
+For each model (the default MLP 784-500-20 and the conv model of experiments/conv_mnist.py, on
+binarized MNIST) and batch size it times, best of `--repeats`, the same number of Adam steps of:
+
+  vae_jax         what `python -m vae_jax.main` runs, f32: the steps as one compiled `lax.scan`
+                  with on-device shuffling and gathering (`train.make_train_epoch`), or for the
+                  conv model on CPU the compiled step called per step (`step_loop='host'`);
+  vae_jax_bf16    the same with `--config.dtype=bfloat16` (bf16 products, f32 sums and weights);
+  jax_loop        the typical JAX loop: a Python loop over one jitted step, batches gathered
+                  from the device-resident split;
+  torch_eager     the same model, loss, initialisation, optimizer and data in PyTorch
+                  (benchmarks/torch_reference.py), the straightforward loop;
+  torch_compile   the same with the model's forward through `torch.compile`.
+
+and reports examples/s, steps/s, seconds per 50,000-example epoch, the compile time, and the
+fraction of the device's f32 matmul rate (2048^3, measured in the same run) that the step's
+matrix-product FLOPs reach. FLOPs per example are counted from the layer shapes: forward
+2·Σ(in·out) per matrix product (convolutions as their im2col products), backward twice that,
+less the input gradient of the first layer, which nobody needs. Also: the matmul rate at the
+model's own batch shapes, and evaluation throughput of the k = 5000 importance-weighted bound.
+
+Writes benchmarks/results/run.json and prints the table. Ratios are the figures to compare across
+machines; absolute times depend on what else the machine runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import data, models, objectives, train
+from vae_jax.config import get_config
+
+EPOCH_EXAMPLES = 50_000
+
+
+def model_config(model: str, batch_size: int, dtype: str = "float32"):
+    config = get_config()
+    config.batch_size = batch_size
+    config.dtype = dtype
+    if model == "conv":  # experiments/conv_mnist.py
+        config.model = "conv"
+        config.conv_features = (32, 64)
+        config.conv_hidden = 256
+        config.activation = "leaky_relu"
+    return config
+
+
+def matmul_flops_per_example(config, image_shape) -> tuple[float, float]:
+    """(forward, training) matrix-product FLOPs per example, from the layer shapes."""
+    height, width, channels = image_shape
+    pixels = height * width * channels
+    layers = []  # (macs per example, is_first_layer)
+    if config.model == "mlp":
+        sizes = [pixels, *config.hidden_sizes]
+        layers += [(a * b, i == 0) for i, (a, b) in enumerate(itertools.pairwise(sizes))]
+        layers.append((sizes[-1] * 2 * config.latents, False))
+        decoder = [config.latents, *reversed(config.hidden_sizes), pixels]
+        layers += [(a * b, False) for a, b in itertools.pairwise(decoder)]
+    else:
+        side_h, side_w, in_channels = height, width, channels
+        for index, out_channels in enumerate(config.conv_features):
+            side_h, side_w = side_h // 2, side_w // 2
+            layers.append((side_h * side_w * 16 * in_channels * out_channels, index == 0))
+            in_channels = out_channels
+        flat = side_h * side_w * in_channels
+        layers += [
+            (flat * config.conv_hidden, False),
+            (config.conv_hidden * 2 * config.latents, False),
+        ]
+        layers += [(config.latents * config.conv_hidden, False), (config.conv_hidden * flat, False)]
+        outs = (*reversed(config.conv_features[:-1]), channels)
+        for out_channels in outs:  # a transposed convolution: 16 taps per input pixel
+            layers.append((side_h * side_w * 16 * in_channels * out_channels, False))
+            side_h, side_w, in_channels = side_h * 2, side_w * 2, out_channels
+    forward = sum(2 * macs for macs, _ in layers)
+    backward = sum(2 * macs * (1 if first else 2) for macs, first in layers)
+    return float(forward), float(forward + backward)
+
+
+def matmul_rate(m: int, k: int, n: int, dtype, repeats: int = 5) -> float:
+    """FLOP/s of an (m, k) @ (k, n) product in `dtype` with f32 sums, best of `repeats`."""
+    a = jax.random.normal(jax.random.key(0), (m, k)).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (k, n)).astype(dtype)
+    product = jax.jit(
+        lambda a, b: jax.lax.dot_general(
+            a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+        )
+    )
+    jax.block_until_ready(product(a, b))
+    inner = max(1, int(2e9 / (2 * m * k * n)))  # about 2 GFLOP per timing
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(inner):
+            out = product(a, b)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - started) / inner)
+    return 2 * m * k * n / best
+
+
+def _jax_setup(model_name, batch_size, dtype, images):
+    config = model_config(model_name, batch_size, dtype)
+    model = models.build_model(config, images.shape[1:])
+    optimizer = train.build_optimizer(config, 1000)
+    state = train.create_train_state(model, optimizer, images.shape[1:], config.latents, 0)
+    step = train.make_train_step(objectives.make_elbo_loss(model), optimizer)
+    return config, state, step
+
+
+def time_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_steps, repeats):
+    """What `python -m vae_jax.main` runs: `train.EpochRunner`'s device pipeline, its steps in
+    one compiled scan (or, for the conv model on CPU, the compiled step called per step)."""
+    config, state, step = _jax_setup(model_name, batch_size, dtype, images)
+    steps_per_epoch = images.shape[0] // batch_size
+    loop = train.choose_step_loop(config)
+    started = time.perf_counter()
+    if loop == "scan":
+        program = (
+            jax.jit(
+                train.make_train_epoch(step, batch_size, steps_per_epoch, num_steps),
+                donate_argnums=0,
+            )
+            .lower(state, images_on_device)
+            .compile()
+        )
+    else:
+        program = train.make_host_loop_epoch(step, batch_size, steps_per_epoch, num_steps)(
+            state, images_on_device
+        )
+    compile_seconds = time.perf_counter() - started
+    state, metrics = program(state, images_on_device)  # warm-up
+    jax.block_until_ready(metrics)
+    best = math.inf
+    for _ in range(repeats):
+        state = state.replace(step=jnp.zeros((), jnp.int32))  # the same batches each repeat
+        started = time.perf_counter()
+        state, metrics = program(state, images_on_device)
+        jax.block_until_ready(metrics)
+        best = min(best, time.perf_counter() - started)
+    loss = float(np.mean(jax.device_get(metrics["loss"])))
+    return {"seconds": best, "compile_seconds": compile_seconds, "loop": loop, "final_loss": loss}
+
+
+def time_jax_loop(model_name, batch_size, images, images_on_device, num_steps, repeats):
+    _, state, step = _jax_setup(model_name, batch_size, "float32", images)
+    jit_step = jax.jit(step, donate_argnums=0)
+    gather = jax.jit(lambda images, indices: images[indices])
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    order = jax.device_put(rng.permutation(images.shape[0])[: num_steps * batch_size])
+    order = order.reshape(num_steps, batch_size)
+    state, metrics = jit_step(state, gather(images_on_device, order[0]))
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - started
+    best = math.inf
+    for _ in range(repeats):
+        order = jax.device_put(
+            rng.permutation(images.shape[0])[: num_steps * batch_size].reshape(
+                num_steps, batch_size
+            )
+        )
+        started = time.perf_counter()
+        for b in range(num_steps):
+            state, metrics = jit_step(state, gather(images_on_device, order[b]))
+        jax.block_until_ready(metrics)
+        best = min(best, time.perf_counter() - started)
+    return {"seconds": best, "compile_seconds": compile_seconds}
+
+
+def time_torch(model_name, batch_size, images, num_steps, repeats, compiled):
+    import torch
+
+    from benchmarks import torch_reference
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model, tensor = torch_reference.build(model_name, images)
+    result = torch_reference.time_training(
+        model, tensor, batch_size, num_steps, repeats, compile_model=compiled
+    )
+    result["compile_seconds"] = result.pop("first_call_seconds")
+    return result
+
+
+def time_iwae(images, num_examples: int, num_samples: int = 5000) -> dict:
+    """Evaluation throughput: the k-sample bound of the default model on `num_examples` test
+    images (untrained weights: the cost does not depend on them)."""
+    config = get_config()
+    model = models.build_model(config, images.shape[1:])
+    params = model.init(
+        jax.random.key(0), jnp.zeros((1, *images.shape[1:])), jnp.zeros((1, config.latents))
+    )
+    batch = min(100, num_examples)
+    bound = jax.jit(
+        lambda p, x, key: objectives.importance_weighted_bound(model, p, x, key, num_samples, 128)
+    )
+    x = jnp.asarray(images[:batch], jnp.float32) / 255.0
+    jax.block_until_ready(bound(params, x, jax.random.key(0)))
+    started = time.perf_counter()
+    for start in range(0, num_examples, batch):
+        x = jnp.asarray(images[start : start + batch], jnp.float32) / 255.0
+        out = bound(params, x, jax.random.fold_in(jax.random.key(0), start))
+    jax.block_until_ready(out)
+    seconds = time.perf_counter() - started
+    return {
+        "examples": num_examples,
+        "samples": num_samples,
+        "seconds": seconds,
+        "decodes_per_second": num_examples * num_samples / seconds,
+        "projected_seconds_for_10000": seconds * 10_000 / num_examples,
+    }
+
+
+def _row(name, result, batch_size, num_steps, train_flops, f32_rate):
+    examples = num_steps * batch_size
+    per_second = examples / result["seconds"]
+    return {
+        "variant": name,
+        "examples_per_second": per_second,
+        "steps_per_second": num_steps / result["seconds"],
+        "seconds_per_epoch": EPOCH_EXAMPLES / per_second,
+        "compile_seconds": result.get("compile_seconds"),
+        "roofline_fraction": per_second * train_flops / f32_rate,
+        **{k: v for k, v in result.items() if k not in ("seconds", "compile_seconds")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="mlp,conv")
+    parser.add_argument("--batch_sizes", default="32,128,512,4096")
+    parser.add_argument("--conv_batch_sizes", default="32,128,512")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--conv_examples", type=int, default=8192, help="examples per timing (conv)"
+    )
+    parser.add_argument("--iwae_examples", type=int, default=200)
+    parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--quick", action="store_true", help="batch 128 only, 2 repeats")
+    parser.add_argument("--output", default="benchmarks/results/run.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch_sizes = args.conv_batch_sizes = "128"
+        args.repeats = 2
+        args.iwae_examples = 100
+
+    images = data.load_binarized_mnist().split("train")
+    test_images = data.load_binarized_mnist().split("test")
+    images_on_device = jax.device_put(images)
+    f32_rate = matmul_rate(2048, 2048, 2048, jnp.float32)
+    bf16_rate = matmul_rate(2048, 2048, 2048, jnp.bfloat16)
+    shape_rates = {
+        "784x500 @ batch 128, f32": matmul_rate(128, 784, 500, jnp.float32),
+        "784x500 @ batch 128, bf16": matmul_rate(128, 784, 500, jnp.bfloat16),
+        "500x784 @ batch 128, f32": matmul_rate(128, 500, 784, jnp.float32),
+    }
+    report = {
+        "device": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "versions": {"jax": jax.__version__},
+        "matmul_flops_per_second": {
+            "2048^3 f32": f32_rate,
+            "2048^3 bf16": bf16_rate,
+            **shape_rates,
+        },
+        "results": [],
+    }
+    if args.torch:
+        import torch
+
+        report["versions"]["torch"] = torch.__version__
+
+    for model_name in args.models.split(","):
+        config = model_config(model_name, 128)
+        forward_flops, train_flops = matmul_flops_per_example(config, images.shape[1:])
+        sizes = args.batch_sizes if model_name == "mlp" else args.conv_batch_sizes
+        for batch_size in [int(b) for b in sizes.split(",")]:
+            steps_per_epoch = images.shape[0] // batch_size
+            if model_name == "mlp":
+                num_steps = steps_per_epoch
+            else:
+                num_steps = max(2, min(steps_per_epoch, args.conv_examples // batch_size))
+            print(f"{model_name} batch {batch_size}: {num_steps} steps per timing", flush=True)
+            timings = {
+                "vae_jax": time_vae_jax(
+                    model_name,
+                    batch_size,
+                    "float32",
+                    images,
+                    images_on_device,
+                    num_steps,
+                    args.repeats,
+                ),
+                "vae_jax_bf16": time_vae_jax(
+                    model_name,
+                    batch_size,
+                    "bfloat16",
+                    images,
+                    images_on_device,
+                    num_steps,
+                    args.repeats,
+                ),
+                "jax_loop": time_jax_loop(
+                    model_name, batch_size, images, images_on_device, num_steps, args.repeats
+                ),
+            }
+            if args.torch:
+                timings["torch_eager"] = time_torch(
+                    model_name, batch_size, images, num_steps, args.repeats, compiled=False
+                )
+                timings["torch_compile"] = time_torch(
+                    model_name, batch_size, images, num_steps, args.repeats, compiled=True
+                )
+            rows = [
+                _row(name, result, batch_size, num_steps, train_flops, f32_rate)
+                for name, result in timings.items()
+            ]
+            ours = rows[0]["examples_per_second"]
+            for row in rows:
+                row["vae_jax_speedup"] = ours / row["examples_per_second"]
+            report["results"].append(
+                {
+                    "model": model_name,
+                    "batch_size": batch_size,
+                    "steps_timed": num_steps,
+                    "matmul_flops_per_example": {"forward": forward_flops, "train": train_flops},
+                    "rows": rows,
+                }
+            )
+            _print_block(report["results"][-1])
+
+    report["iwae_evaluation"] = time_iwae(test_images, args.iwae_examples)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+    _print_summary(report)
+    print(f"wrote {args.output}")
+
+
+def _print_block(result) -> None:
+    print(
+        f"  {'variant':<14} {'examples/s':>11} {'steps/s':>9} {'s/epoch':>8} {'compile s':>9} "
+        f"{'roofline':>8} {'vae_jax x':>9}"
+    )
+    for row in result["rows"]:
+        compile_s = row["compile_seconds"]
+        print(
+            f"  {row['variant']:<14} {row['examples_per_second']:>11,.0f} "
+            f"{row['steps_per_second']:>9.1f} {row['seconds_per_epoch']:>8.3f} "
+            f"{compile_s if compile_s is not None else float('nan'):>9.2f} "
+            f"{row['roofline_fraction']:>8.1%} {row['vae_jax_speedup']:>9.2f}"
+        )
+
+
+def _print_summary(report) -> None:
+    rates = report["matmul_flops_per_second"]
+    print(f"\ndevice: {report['device']} ({report['cpu_count']} cores), {report['versions']}")
+    for name, rate in rates.items():
+        print(f"  matmul {name}: {rate / 1e9:.0f} GFLOP/s")
+    iwae = report["iwae_evaluation"]
+    print(
+        f"  IWAE k={iwae['samples']}: {iwae['decodes_per_second']:,.0f} decodes/s; the 10k test "
+        f"split would take {iwae['projected_seconds_for_10000']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

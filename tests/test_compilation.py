@@ -1,0 +1,63 @@
+"""One compilation per program per run: more epochs, a resume, or another pipeline chunk never
+recompile the training step (a recompilation would cost seconds every epoch)."""
+
+import contextlib
+
+import jax
+import pytest
+from conftest import small_config
+
+from vae_jax import train
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def counting_compilations():
+    """Yields a list that gains one entry per XLA backend compilation while the block runs."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        del duration, kwargs
+        if event == BACKEND_COMPILE:
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("pipeline", ["device", "stream"])
+def test_more_epochs_compile_nothing_more(tmp_path, pipeline):
+    # The same programs for 1 epoch and for 4: the step, the epoch scan (or the chunk scans),
+    # evaluation and pictures each compile once per run, never per epoch.
+    overrides = {"pipeline": pipeline, "stream_chunk_steps": 3, "num_image_examples": 4}
+    # A first run fills JAX's caches of small helpers (key folding, conversions) that later runs
+    # in this process reuse; the two counted runs then compile the same set.
+    train.train_and_evaluate(small_config(num_epochs=1, **overrides), str(tmp_path / "warm"))
+    with counting_compilations() as one_epoch:
+        train.train_and_evaluate(small_config(num_epochs=1, **overrides), str(tmp_path / "a"))
+    with counting_compilations() as four_epochs:
+        train.train_and_evaluate(small_config(num_epochs=4, **overrides), str(tmp_path / "b"))
+    assert len(one_epoch) > 0  # the listener sees compilations at all
+    assert len(four_epochs) == len(one_epoch)
+    # init, evaluation, pictures and the training program(s): one stream chunk of 3 steps and
+    # the remainder chunk of 2 (8 steps per epoch), or the device epoch.
+    assert len(one_epoch) == (5 if pipeline == "stream" else 4)
+
+
+def test_a_resumed_run_compiles_what_a_fresh_run_does(tmp_path):
+    config = small_config(num_epochs=2, num_image_examples=4)
+    with counting_compilations() as fresh:
+        train.train_and_evaluate(config, str(tmp_path))
+    config.num_epochs = 5
+    with counting_compilations() as resumed:
+        train.train_and_evaluate(config, str(tmp_path))
+    # Restoring may compile a few small programs (device placement of the restored arrays),
+    # but the three further epochs add nothing per epoch.
+    config.num_epochs = 6
+    with counting_compilations() as one_more:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert len(resumed) == len(one_more) <= len(fresh) + 4

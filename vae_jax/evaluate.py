@@ -1,0 +1,473 @@
+"""Evaluation of a trained workdir: `python -m vae_jax.evaluate --workdir W [--iwae_samples=5000]`.
+
+Restores the newest checkpoint of W with the config it was trained with (W/config.json) and
+measures, on the whole evaluation split:
+
+- the test ELBO: single-sample, analytic KL, the same figure training logs each epoch;
+- the importance-weighted estimate of -log p(x) (Burda et al. 2015): the k-sample bound, with
+  samples drawn in chunks so memory stays bounded for k = 5000;
+- the reconstruction error from the posterior mean, in nats and as a squared error;
+- a PCA baseline with as many components as the model has latents, on the same squared error;
+- on dSprites, the BetaVAE score, FactorVAE score and MIG (`vae_jax.disentanglement`).
+
+It writes W/eval.json, prints a table and draws W/images/{traversals, interpolation, manifold,
+training_curves, latents, reconstructions, samples}.png. All figures are nats per example,
+summed over pixels. Nothing of the training run is changed: evaluation only reads the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from vae_jax import (
+    checkpoint,
+    data,
+    disentanglement,
+    models,
+    objectives,
+    outputs,
+    pictures,
+    train,
+)
+from vae_jax.config import config_to_dict, get_config, validate_config
+from vae_jax.errors import ConfigError, VaeJaxError, WorkdirError
+
+FLAGS = flags.FLAGS
+
+# PCA is fitted on at most this many training examples (enough for its few leading components).
+PCA_FIT_EXAMPLES = 20_000
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with, from its config.json, validated."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise WorkdirError(
+            f"{workdir!r} has no config.json, so it is not a vae_jax workdir; train one with "
+            f"`python -m vae_jax.main --workdir {workdir}`."
+        )
+    with open(path) as f:
+        saved = json.load(f)
+    config = get_config()
+    unknown = sorted(set(saved) - set(config))
+    if unknown:
+        raise WorkdirError(
+            f"{path} has fields this version does not know: {', '.join(unknown)}; evaluate it "
+            "with the vae_jax version that trained it."
+        )
+    for field, value in saved.items():
+        config[field] = tuple(value) if isinstance(value, list) else value
+    validate_config(config)
+    if config.population_size > 1:
+        raise ConfigError(
+            f"{workdir!r} holds a population of {config.population_size} models; export a member "
+            "with vae_jax.population.export_member(workdir, k, out_workdir, config) and evaluate "
+            "that workdir."
+        )
+    return config
+
+
+def restore_params(config, workdir: str, model, image_shape):
+    """(params, step) of the newest readable checkpoint; WorkdirError when there is none."""
+    objective = objectives.make_objective(config, model)
+    optimizer = train.build_optimizer(config, total_steps=config.num_epochs)
+    initial = train.create_train_state(
+        model, optimizer, image_shape, config.latents, config.seed, critic=objective.critic
+    )
+    with checkpoint.CheckpointStore(
+        os.path.join(workdir, "checkpoints"), config.max_to_keep
+    ) as store:
+        state, step, _ = store.restore_latest(initial, config)
+    if step == 0:
+        raise WorkdirError(
+            f"{workdir!r} has no checkpoint yet; train it first (checkpoints are written every "
+            f"{config.checkpoint_every_epochs} epoch(s))."
+        )
+    return state.params, step, state.key
+
+
+def _batches(count: int, batch_size: int):
+    for start in range(0, count, batch_size):
+        yield start, min(start + batch_size, count)
+
+
+def _float_batches(records, dataset, start, stop, key, binarize):
+    """Float inputs of examples [start, stop): rendered and, for dynamically binarized training,
+    the same fixed Bernoulli draw per example that training's evaluation scores."""
+    batch = jnp.asarray(records[start:stop])
+    indices = jnp.arange(start, stop)
+    example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+    x = train.to_float(batch if dataset.render is None else dataset.render(batch))
+    if binarize:
+        binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
+        x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
+    return x, example_keys
+
+
+def importance_weighted_nll(model, params, records, dataset, key, config, num_samples, batch_size):
+    """Per-example k-sample bounds over the split -> (mean -bound, its standard error)."""
+    chunk_size = min(num_samples, 128)
+
+    @jax.jit
+    def bounds_of(params, records_batch, start, key):
+        indices = start + jnp.arange(records_batch.shape[0])
+        x = train.to_float(
+            records_batch if dataset.render is None else dataset.render(records_batch)
+        )
+        if config.dynamic_binarization:
+            example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+            binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
+            x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
+        sample_key = jax.random.fold_in(jax.random.fold_in(key, 2), start)
+        return objectives.importance_weighted_bound(
+            model, params, x, sample_key, num_samples, chunk_size
+        )
+
+    padded = train.pad_to_multiple(records, batch_size)
+    values = []
+    for start, stop in _batches(len(records), batch_size):
+        bound = bounds_of(params, jnp.asarray(padded[start : start + batch_size]), start, key)
+        values.append(np.asarray(bound)[: stop - start])
+    bounds = np.concatenate(values).astype(np.float64)
+    return float(-bounds.mean()), float(bounds.std(ddof=1) / math.sqrt(len(bounds)))
+
+
+def reconstruction_errors(model, params, records, dataset, key, binarize, batch_size):
+    """Mean over examples of -log p(x | z = posterior mean) and of the squared error of E[x|z]."""
+
+    @jax.jit
+    def errors_of(params, x):
+        mean, _ = model.apply(params, x, method="encode")
+        location, log_scale = model.apply(params, mean, method="decode")
+        nats = -objectives.log_likelihood(x, location, log_scale)
+        squared = jnp.sum((objectives.likelihood_mean(location, log_scale) - x) ** 2, (1, 2, 3))
+        return nats, squared
+
+    nats, squared = [], []
+    for start, stop in _batches(len(records), batch_size):
+        x, _ = _float_batches(records, dataset, start, stop, key, binarize)
+        batch_nats, batch_squared = errors_of(params, x)
+        nats.append(np.asarray(batch_nats))
+        squared.append(np.asarray(batch_squared))
+    return float(np.concatenate(nats).mean()), float(np.concatenate(squared).mean())
+
+
+def pca_squared_error(train_images: np.ndarray, eval_images: np.ndarray, components: int):
+    r"""Squared error per example (summed over pixels) of the best rank-`components` affine
+    reconstruction, fitted on `train_images`:
+
+    .. math::
+        \hat x = \mu + V V^\top (x - \mu)
+
+    with V the leading eigenvectors of the training covariance. A linear autoencoder with as many
+    units as the VAE has latents: the baseline a nonlinear model should beat.
+    """
+    flat_train = train_images.reshape((len(train_images), -1)).astype(np.float64)
+    mean = flat_train.mean(axis=0)
+    centred = flat_train - mean
+    covariance = centred.T @ centred / len(centred)
+    _, vectors = np.linalg.eigh(covariance)
+    basis = vectors[:, ::-1][:, :components]
+    flat_eval = eval_images.reshape((len(eval_images), -1)).astype(np.float64) - mean
+    residual = flat_eval - (flat_eval @ basis) @ basis.T
+    return float(np.mean(np.sum(residual**2, axis=1)))
+
+
+def _float_images(records, dataset, count: int, batch_size: int = 1000) -> np.ndarray:
+    render = jax.jit(dataset.render) if dataset.render is not None else None
+    parts = []
+    for start, stop in _batches(count, batch_size):
+        batch = records[start:stop]
+        parts.append(np.asarray(batch if render is None else render(jnp.asarray(batch))))
+    return np.concatenate(parts).astype(np.float32) / 255.0
+
+
+def dsprites_factor_source(model, params, dataset) -> disentanglement.FactorSource:
+    """dSprites' factors, and the code of a factor vector: the encoder's mean of its image."""
+    from vae_jax.data import dsprites
+
+    @jax.jit
+    def represent(factors):
+        images = train.to_float(dataset.render(factors))
+        return model.apply(params, images, method="encode")[0]
+
+    return disentanglement.FactorSource(
+        sizes=tuple(dsprites.FACTOR_SIZES),
+        names=tuple(dsprites.FACTOR_NAMES),
+        represent=lambda factors: np.asarray(represent(jnp.asarray(factors, jnp.int32))),
+    )
+
+
+def draw_pictures(config, workdir, model, params, dataset, records, key) -> list[str]:
+    """The final pictures into W/images/; returns their file names."""
+    images_dir = os.path.join(workdir, "images")
+    count = min(len(records), 2000)
+    # Evenly spaced over the split: some splits (binarized MNIST's test split) are sorted by class.
+    chosen = np.linspace(0, len(records) - 1, count).astype(int)
+    inputs = _float_images(records[chosen], dataset, count)
+    labels = dataset.labels.get(config.eval_split)
+    labels = None if labels is None else labels[: len(records)][chosen]
+    written = []
+
+    def path(name):
+        written.append(name)
+        return os.path.join(images_dir, name)
+
+    shown = inputs[np.linspace(0, count - 1, min(32, count)).astype(int)]
+    means = np.asarray(jax.jit(lambda p, x: model.apply(p, x, method="encode")[0])(params, inputs))
+    reconstructions = np.asarray(
+        jax.jit(lambda p, z: objectives.likelihood_mean(*model.apply(p, z, method="decode")))(
+            params, jnp.asarray(means[np.linspace(0, count - 1, len(shown)).astype(int)])
+        )
+    )
+    outputs.save_reconstructions(path("reconstructions.png"), shown, reconstructions)
+    z = jax.random.normal(key, (64, config.latents))
+    samples = jax.jit(lambda p, z: objectives.likelihood_mean(*model.apply(p, z, method="decode")))
+    outputs.save_samples(path("samples.png"), np.asarray(samples(params, z)))
+    pictures.save_traversals(path("traversals.png"), model, params, inputs[0])
+    # Two inputs of different classes when labels exist, else the first and the middle one.
+    second = count // 2
+    if labels is not None:
+        different = np.flatnonzero(labels != labels[0])
+        second = int(different[len(different) // 2]) if len(different) else second
+    pictures.save_interpolation(path("interpolation.png"), model, params, inputs[0], inputs[second])
+    if config.latents == 2:
+        pictures.save_manifold(path("manifold.png"), model, params)
+    if labels is not None:
+        outputs.save_latent_scatter(path("latents.png"), means, labels)
+    records_log = outputs.MetricsLog(os.path.join(workdir, "metrics.jsonl")).read()
+    if records_log:
+        pictures.save_training_curves(path("training_curves.png"), records_log, config.eval_split)
+    return written
+
+
+def evaluate_workdir(
+    workdir: str,
+    iwae_samples: int = 5000,
+    batch_size: int = 100,
+    max_examples: int = 0,
+    disentanglement_points: tuple[int, int] = (10_000, 5_000),
+    draw: bool = True,
+) -> dict:
+    """Measures the newest checkpoint of `workdir` and writes `workdir/eval.json`.
+
+    Args:
+      workdir: a workdir written by `python -m vae_jax.main`.
+      iwae_samples: k of the importance-weighted estimate; 0 skips it.
+      batch_size: examples per compiled call of the IWAE estimate (each decodes
+        min(k, 128) * batch_size samples at once).
+      max_examples: evaluate the first this many examples of the split (0: all).
+      disentanglement_points: (train, eval) points of the BetaVAE and FactorVAE scores; the
+        first is also MIG's number of points.
+      draw: also draw the pictures into workdir/images/.
+
+    Returns:
+      The dict written to eval.json.
+    """
+    _check_positive("iwae_samples", iwae_samples, allow_zero=True)
+    _check_positive("batch_size", batch_size)
+    _check_positive("max_examples", max_examples, allow_zero=True)
+    workdir = os.path.abspath(workdir)
+    config = load_workdir_config(workdir)
+    started = time.perf_counter()
+    dataset = data.load_dataset(config.dataset, config.image_size, config.data_dir)
+    records = dataset.split(config.eval_split)
+    if max_examples:
+        records = records[:max_examples]
+    model = models.build_model(config, dataset.image_shape)
+    params, step, root_key = restore_params(config, workdir, model, dataset.image_shape)
+    eval_key = train.stream_key(root_key, train.EVAL_STREAM)
+    variational = objectives.is_variational(config.objective)
+    binarize = config.dynamic_binarization
+    split = config.eval_split
+    result = {
+        "workdir": workdir,
+        "checkpoint_step": step,
+        "objective": config.objective,
+        "dataset": config.dataset,
+        "split": split,
+        "num_examples": len(records),
+        "units": "nats per example, summed over pixels",
+        "metrics": {},
+        "procedures": {},
+        "seconds": {},
+        "versions": {"jax": jax.__version__, "device": jax.devices()[0].device_kind},
+    }
+    metrics, procedures, seconds = result["metrics"], result["procedures"], result["seconds"]
+
+    def timed(name, fn):
+        begun = time.perf_counter()
+        value = fn()
+        seconds[name] = round(time.perf_counter() - begun, 3)
+        return value
+
+    eval_batch = min(config.eval_batch_size, len(records))
+    evaluate = jax.jit(
+        train.make_evaluate(
+            model, eval_batch, len(records), dataset.render, binarize, variational=variational
+        )
+    )
+    padded = jnp.asarray(train.pad_to_multiple(records, eval_batch))
+    single = timed("elbo", lambda: jax.device_get(evaluate(params, padded, eval_key)))
+    for name, value in single.items():
+        metrics[f"{split}_{name}"] = float(value)
+    if variational:
+        procedures[f"{split}_elbo"] = "single-sample ELBO, analytic KL (as logged in training)"
+        procedures[f"{split}_kl"] = "KL(q(z|x) || p(z)), analytic"
+        procedures[f"{split}_recon"] = "-log p(x|z), z one sample of q(z|x)"
+    else:
+        procedures[f"{split}_recon"] = "-log p(x | z = encoder output) (autoencoder)"
+    if variational and iwae_samples:
+        nll, stderr = timed(
+            "iwae",
+            lambda: importance_weighted_nll(
+                model, params, records, dataset, eval_key, config, iwae_samples, batch_size
+            ),
+        )
+        metrics["iwae_nll"], metrics["iwae_nll_stderr"] = nll, stderr
+        metrics["iwae_samples"] = iwae_samples
+        procedures["iwae_nll"] = (
+            f"-(k-sample importance-weighted bound), k = {iwae_samples}, one draw per "
+            "example (Burda et al. 2015); an upper bound on -log p(x) in expectation"
+        )
+    recon_nats, recon_squared = timed(
+        "reconstruction",
+        lambda: reconstruction_errors(
+            model, params, records, dataset, eval_key, binarize, batch_size * 10
+        ),
+    )
+    metrics["recon_nats"] = recon_nats
+    metrics["recon_squared_error"] = recon_squared
+    procedures["recon_nats"] = "-log p(x | z = posterior mean)"
+    procedures["recon_squared_error"] = "sum over pixels of (E[x | z = posterior mean] - x)^2"
+
+    def pca():
+        fit = dataset.split("train")[:PCA_FIT_EXAMPLES]
+        fit_images = _float_images(fit, dataset, len(fit))
+        eval_images = _float_images(records, dataset, len(records))
+        return pca_squared_error(fit_images, eval_images, config.latents)
+
+    metrics["pca_squared_error"] = timed("pca", pca)
+    procedures["pca_squared_error"] = (
+        f"PCA with {config.latents} components (the latent size) fitted on the first "
+        f"{min(PCA_FIT_EXAMPLES, len(dataset.split('train')))} training examples; the same "
+        "squared error as recon_squared_error"
+    )
+    if config.dataset == "dsprites":
+        source = dsprites_factor_source(model, params, dataset)
+        num_train, num_eval = disentanglement_points
+        scores = timed(
+            "disentanglement",
+            lambda: disentanglement.evaluate_all(
+                source, seed=0, num_train=num_train, num_eval=num_eval
+            ),
+        )
+        for name, score in scores.items():
+            metrics[name] = score["score"]
+            procedures[name] = score["procedure"]
+        result["disentanglement"] = scores
+    if draw:
+        result["images"] = timed(
+            "pictures",
+            lambda: draw_pictures(
+                config,
+                workdir,
+                model,
+                params,
+                dataset,
+                records,
+                train.stream_key(root_key, train.PICTURES_STREAM),
+            ),
+        )
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    result["config"] = config_to_dict(config)
+    outputs.write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    return result
+
+
+def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+    ok = (
+        isinstance(value, int) and not isinstance(value, bool) and value >= (0 if allow_zero else 1)
+    )
+    if not ok:
+        raise ConfigError(f"--{name}={value!r} must be an integer >= {0 if allow_zero else 1}.")
+
+
+def format_table(result: dict) -> str:
+    """The printed summary: one line per figure, with the estimator in words."""
+    metrics, procedures = result["metrics"], result["procedures"]
+    header = (
+        f"{result['workdir']}: checkpoint step {result['checkpoint_step']}, objective "
+        f"{result['objective']}, {result['dataset']} {result['split']} split, "
+        f"{result['num_examples']} examples; {result['units']}"
+    )
+    lines = [header]
+    rows = []
+    for name, value in metrics.items():
+        if name in ("iwae_nll_stderr", "iwae_samples"):
+            continue
+        shown = f"{value:.3f}"
+        if name == "iwae_nll":
+            shown += f" ± {metrics['iwae_nll_stderr']:.3f}"
+        rows.append((name, shown, procedures.get(name, "")))
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    for name, shown, note in rows:
+        lines.append(f"  {name:<{width}}  {shown:>{value_width}}  {note}")
+    lines.append(f"  written: {os.path.join(result['workdir'], 'eval.json')}")
+    return "\n".join(lines)
+
+
+def _define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "A workdir written by `python -m vae_jax.main`.")
+    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_integer("iwae_samples", 5000, "k of the importance-weighted estimate (0: skip).")
+    flags.DEFINE_integer("batch_size", 100, "Examples per call of the IWAE estimate.")
+    flags.DEFINE_integer("max_examples", 0, "Evaluate the first N examples of the split (0: all).")
+    flags.DEFINE_integer("disentanglement_train_points", 10_000, "dSprites metrics: train points.")
+    flags.DEFINE_integer("disentanglement_eval_points", 5_000, "dSprites metrics: eval points.")
+    flags.DEFINE_bool("pictures", True, "Also draw the pictures into <workdir>/images/.")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from vae_jax.main import quiet_library_logs
+
+    quiet_library_logs()
+    try:
+        result = evaluate_workdir(
+            FLAGS.workdir,
+            iwae_samples=FLAGS.iwae_samples,
+            batch_size=FLAGS.batch_size,
+            max_examples=FLAGS.max_examples,
+            disentanglement_points=(
+                FLAGS.disentanglement_train_points,
+                FLAGS.disentanglement_eval_points,
+            ),
+            draw=FLAGS.pictures,
+        )
+    except VaeJaxError as error:
+        logging.flush()
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(format_table(result))
+
+
+def run() -> None:
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
