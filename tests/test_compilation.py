@@ -31,7 +31,7 @@ def counting_compilations():
 
 @pytest.mark.parametrize("pipeline", ["device", "stream"])
 def test_more_epochs_compile_nothing_more(tmp_path, pipeline):
-    # The same programs for 1 epoch and for 4: the step, the epoch scan (or the chunk scans),
+    # The same programs for 1 epoch and for 3: the step, the epoch scan (or the chunk scans),
     # evaluation and pictures each compile once per run, never per epoch.
     overrides = {"pipeline": pipeline, "stream_chunk_steps": 3, "num_image_examples": 4}
     # A first run fills JAX's caches of small helpers (key folding, conversions) that later runs
@@ -39,25 +39,25 @@ def test_more_epochs_compile_nothing_more(tmp_path, pipeline):
     train.train_and_evaluate(small_config(num_epochs=1, **overrides), str(tmp_path / "warm"))
     with counting_compilations() as one_epoch:
         train.train_and_evaluate(small_config(num_epochs=1, **overrides), str(tmp_path / "a"))
-    with counting_compilations() as four_epochs:
-        train.train_and_evaluate(small_config(num_epochs=4, **overrides), str(tmp_path / "b"))
+    with counting_compilations() as three_epochs:
+        train.train_and_evaluate(small_config(num_epochs=3, **overrides), str(tmp_path / "b"))
     assert len(one_epoch) > 0  # the listener sees compilations at all
-    assert len(four_epochs) == len(one_epoch)
+    assert len(three_epochs) == len(one_epoch)
     # init, evaluation, pictures and the training program(s): one stream chunk of 3 steps and
     # the remainder chunk of 2 (8 steps per epoch), or the device epoch.
     assert len(one_epoch) == (5 if pipeline == "stream" else 4)
 
 
 def test_a_resumed_run_compiles_what_a_fresh_run_does(tmp_path):
-    config = small_config(num_epochs=2, num_image_examples=4)
+    config = small_config(num_epochs=1, num_image_examples=4, max_train_examples=512)
     with counting_compilations() as fresh:
         train.train_and_evaluate(config, str(tmp_path))
-    config.num_epochs = 5
+    config.num_epochs = 3
     with counting_compilations() as resumed:
         train.train_and_evaluate(config, str(tmp_path))
     # Restoring may compile a few small programs (device placement of the restored arrays),
-    # but the three further epochs add nothing per epoch.
-    config.num_epochs = 6
+    # but the further epochs add nothing per epoch.
+    config.num_epochs = 4
     with counting_compilations() as one_more:
         train.train_and_evaluate(config, str(tmp_path))
     assert len(resumed) == len(one_more) <= len(fresh) + 4

@@ -169,15 +169,15 @@ def pca_squared_error(train_images: np.ndarray, eval_images: np.ndarray, compone
     .. math::
         \hat x = \mu + V V^\top (x - \mu)
 
-    with V the leading eigenvectors of the training covariance. A linear autoencoder with as many
-    units as the VAE has latents: the baseline a nonlinear model should beat.
+    with V the leading eigenvectors of the training covariance (the leading right singular
+    vectors of the centred training matrix, which is cheaper when there are fewer examples than
+    pixels). A linear autoencoder with as many units as the VAE has latents: the baseline a
+    nonlinear model should beat.
     """
     flat_train = train_images.reshape((len(train_images), -1)).astype(np.float64)
     mean = flat_train.mean(axis=0)
-    centred = flat_train - mean
-    covariance = centred.T @ centred / len(centred)
-    _, vectors = np.linalg.eigh(covariance)
-    basis = vectors[:, ::-1][:, :components]
+    _, _, right_vectors = np.linalg.svd(flat_train - mean, full_matrices=False)
+    basis = right_vectors[:components].T
     flat_eval = eval_images.reshape((len(eval_images), -1)).astype(np.float64) - mean
     residual = flat_eval - (flat_eval @ basis) @ basis.T
     return float(np.mean(np.sum(residual**2, axis=1)))
@@ -352,7 +352,8 @@ def evaluate_workdir(
     procedures["recon_squared_error"] = "sum over pixels of (E[x | z = posterior mean] - x)^2"
 
     def pca():
-        fit = dataset.split("train")[:PCA_FIT_EXAMPLES]
+        # The run's training examples (a prefix, with max_train_examples), at most PCA_FIT_EXAMPLES.
+        fit = dataset.split("train")[: min(PCA_FIT_EXAMPLES, config.max_train_examples or 10**9)]
         fit_images = _float_images(fit, dataset, len(fit))
         eval_images = _float_images(records, dataset, len(records))
         return pca_squared_error(fit_images, eval_images, config.latents)
@@ -360,7 +361,8 @@ def evaluate_workdir(
     metrics["pca_squared_error"] = timed("pca", pca)
     procedures["pca_squared_error"] = (
         f"PCA with {config.latents} components (the latent size) fitted on the first "
-        f"{min(PCA_FIT_EXAMPLES, len(dataset.split('train')))} training examples; the same "
+        f"{min(PCA_FIT_EXAMPLES, config.max_train_examples or 10**9, len(dataset.split('train')))}"
+        " training examples; the same "
         "squared error as recon_squared_error"
     )
     if config.dataset == "dsprites":
