@@ -104,14 +104,9 @@ def _batches(count: int, batch_size: int):
 def _float_batches(records, dataset, start, stop, key, binarize):
     """Float inputs of examples [start, stop): rendered and, for dynamically binarized training,
     the same fixed Bernoulli draw per example that training's evaluation scores."""
-    batch = jnp.asarray(records[start:stop])
-    indices = jnp.arange(start, stop)
-    example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
-    x = train.to_float(batch if dataset.render is None else dataset.render(batch))
-    if binarize:
-        binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
-        x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
-    return x, example_keys
+    return train.eval_inputs(
+        jnp.asarray(records[start:stop]), jnp.arange(start, stop), key, dataset.render, binarize
+    )
 
 
 def importance_weighted_nll(model, params, records, dataset, key, config, num_samples, batch_size):
@@ -121,13 +116,9 @@ def importance_weighted_nll(model, params, records, dataset, key, config, num_sa
     @jax.jit
     def bounds_of(params, records_batch, start, key):
         indices = start + jnp.arange(records_batch.shape[0])
-        x = train.to_float(
-            records_batch if dataset.render is None else dataset.render(records_batch)
+        x, _ = train.eval_inputs(
+            records_batch, indices, key, dataset.render, config.dynamic_binarization
         )
-        if config.dynamic_binarization:
-            example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
-            binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
-            x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
         sample_key = jax.random.fold_in(jax.random.fold_in(key, 2), start)
         return objectives.importance_weighted_bound(
             model, params, x, sample_key, num_samples, chunk_size

@@ -339,6 +339,21 @@ def make_train_chunk(train_step: Callable):
     return train_chunk
 
 
+def eval_inputs(records, indices, key, render=None, binarize: bool = False):
+    """(float inputs, per-example keys) of evaluation examples `indices`.
+
+    Example i's key is fold_in(key, i); with `binarize` (dynamically binarized training) its
+    pixels are one fixed Bernoulli draw from fold_in(that key, 1), the same every epoch and for
+    any batch size, so every evaluation scores the same binary data.
+    """
+    example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+    x = _records_to_float(records, render)
+    if binarize:
+        binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
+        x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
+    return x, example_keys
+
+
 def make_evaluate(
     model: models.VAE,
     batch_size: int,
@@ -369,14 +384,10 @@ def make_evaluate(
 
         def body(totals, batch_index):
             indices = batch_index * batch_size + jnp.arange(batch_size)
-            example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
             batch = batches[batch_index]
             if batch_sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-            x = _records_to_float(batch, render)
-            if binarize:
-                binarize_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, 1)
-                x = jax.vmap(jax.random.bernoulli)(binarize_keys, x).astype(jnp.float32)
+            x, example_keys = eval_inputs(batch, indices, key, render, binarize)
             terms = terms_fn(model, params, x, example_keys)
             weight = (indices < num_examples).astype(jnp.float32)
             return {k: totals[k] + jnp.sum(weight * terms[k]) for k in totals}, None
