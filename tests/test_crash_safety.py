@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import small_config, without_timings
 
-from vae_jax import objectives, outputs, train
+from vae_jax import checkpoint, models, objectives, outputs, train
+from vae_jax import config as config_lib
 from vae_jax.errors import ConfigError, DivergenceError, Preempted, WorkdirError
 
 
@@ -250,6 +253,54 @@ def test_start_fresh_moves_an_incompatible_run_aside(tmp_path):
     with open(previous / "metrics.jsonl") as f:
         assert [json.loads(line) for line in f] == old
     assert (previous / "checkpoints" / "8").is_dir()
+
+
+def test_checkpoint_from_before_the_critic_field_restores(tmp_path):
+    """Checkpoints written before TrainState had `critic` hold no such entry; they resume."""
+    config = small_config()
+    model = models.build_model(config, (28, 28, 1))
+    optimizer = train.build_optimizer(config, 100)
+    state = train.create_train_state(model, optimizer, (28, 28, 1), config.latents, 3)
+    state = state.replace(step=jnp.asarray(17, jnp.int32))
+    storable = checkpoint._to_storable(state)
+    legacy_tree = {name: getattr(storable, name) for name in ("step", "params", "opt_state", "key")}
+    with checkpoint.CheckpointStore(str(tmp_path / "checkpoints"), 3) as store:
+        store._manager.save(  # the format as it was written then
+            17,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(legacy_tree),
+                meta=ocp.args.JsonSave({"config": config_lib.config_to_dict(config)}),
+            ),
+        )
+        store.wait()
+        fresh = train.create_train_state(model, optimizer, (28, 28, 1), config.latents, 0)
+        restored, step, _ = store.restore_latest(fresh, config)
+    assert step == 17 and restored.critic is None
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(storable), jax.tree.leaves(checkpoint._to_storable(restored))
+        )
+    )
+
+
+def test_resume_ignores_settings_that_neither_objective_reads():
+    saved = config_lib.config_to_dict(config_lib.get_config())
+    current = config_lib.get_config()
+    current.factor_gamma = saved["factor_gamma"] + 25.0  # e.g. a default changed since
+    current.capacity_max = 50.0
+    assert config_lib.resume_incompatibilities(saved, current) == []
+    current.objective = "factor_vae"  # now the resuming run reads factor_gamma
+    assert config_lib.resume_incompatibilities(saved, current) == [
+        f"factor_gamma={saved['factor_gamma']!r} in the checkpoint, {current.factor_gamma!r} now",
+        "objective='vae' in the checkpoint, 'factor_vae' now",
+    ]
+    current.objective = "vae"
+    current.latents = 7  # every objective reads the model
+    assert config_lib.resume_incompatibilities(saved, current) == [
+        f"latents={saved['latents']!r} in the checkpoint, 7 now"
+    ]
 
 
 @pytest.mark.parametrize(

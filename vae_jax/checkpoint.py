@@ -11,6 +11,7 @@ Nothing in the workdir is changed by a refused resume.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -106,20 +107,34 @@ class CheckpointStore:
             )
         target = _to_storable(initial_state)
         try:
-            saved_shapes = _shapes(self._manager.item_metadata(step)["state"].tree)
+            saved_tree = self._manager.item_metadata(step)["state"].tree
+            saved_shapes = _shapes(saved_tree)
         except Exception:  # noqa: BLE001 - a courtesy check; the restore below decides
-            saved_shapes = None
+            saved_tree = saved_shapes = None
         if saved_shapes is not None and saved_shapes != _shapes(target):
             raise WorkdirError(
                 f"the checkpoint {where} holds a model of another shape than this code builds from "
                 "the same config; it was left untouched. Use a new --workdir."
             )
+        # Checkpoints written before train states had a `critic` field lack it; a run without a
+        # critic restores them into the same tree less that field.
+        legacy = target.critic is None and saved_tree is not None and "critic" not in saved_tree
+        if legacy:
+            target_tree = {
+                field.name: getattr(target, field.name)
+                for field in dataclasses.fields(target)
+                if field.name != "critic"
+            }
+        else:
+            target_tree = target
         try:
             restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_tree))
             ).state
         except Exception as error:
             raise _Unreadable(step, error) from error
+        if legacy:
+            restored = target.replace(**restored)
         return _from_storable(restored, initial_state), meta.get("extra", {})
 
     def restore_latest(self, initial_state, config: ml_collections.ConfigDict):

@@ -58,6 +58,20 @@ RESUME_SAFE_FIELDS = frozenset(
     }
 )
 
+# Settings that only some objectives read. When neither the checkpoint's objective nor the
+# resuming run's reads one, a changed value (or a changed default) cannot change the computation.
+OBJECTIVE_FIELDS = {
+    "capacity_gamma": ("annealed_vae",),
+    "capacity_max": ("annealed_vae",),
+    "capacity_steps": ("annealed_vae",),
+    "factor_gamma": ("factor_vae",),
+    "discriminator_hidden": ("factor_vae",),
+    "discriminator_learning_rate": ("factor_vae",),
+    "iwae_samples": ("iwae",),
+    "dae_corruption": ("dae",),
+    "dae_noise_level": ("dae",),
+}
+
 
 def get_config() -> ml_collections.ConfigDict:
     """The default run: the Flax VAE example's settings on statically binarized MNIST."""
@@ -358,10 +372,13 @@ def resume_incompatibilities(saved: Mapping, current: Mapping) -> list[str]:
     """Fields whose values differ in a way that would change the computation of a resumed run."""
     saved, current = config_to_dict(saved), config_to_dict(current)
     defaults = config_to_dict(get_config())
+    objectives_in_play = {saved.get("objective", "vae"), current.get("objective", "vae")}
     differences = []
     for field in sorted(set(saved) | set(current)):
         if field in RESUME_SAFE_FIELDS:
             continue
+        if field in OBJECTIVE_FIELDS and not objectives_in_play & set(OBJECTIVE_FIELDS[field]):
+            continue  # read by neither run's objective
         if field not in saved and current.get(field) == defaults.get(field):
             continue  # a field added since the checkpoint, at its default: the same computation
         if saved.get(field) != current.get(field):
