@@ -1,12 +1,12 @@
 """The throughput suite: vae_jax against the typical JAX loop and PyTorch, and against the device's
 own matmul rate, all measured in one run.
 
-    python -m benchmarks.run                       # the full table (about 15 min on a 2-core CPU)
+    python -m benchmarks.run                       # the full table (about 10 min on a 2-core CPU)
     python -m benchmarks.run --quick               # batch 128 only, fewer repeats
     python -m benchmarks.run --models mlp --batch_sizes 128,1024 --no-torch
 
 For each model (the default MLP 784-500-20 and the conv model of experiments/conv_mnist.py, on
-binarized MNIST) and batch size it times, best of `--repeats`, the same number of Adam steps of:
+binarized MNIST) and batch size it times the same number of Adam steps of:
 
   vae_jax         what `python -m vae_jax.main` runs, f32: the steps as one compiled `lax.scan`
                   with on-device shuffling and gathering (`train.make_train_epoch`), or for the
@@ -16,11 +16,16 @@ binarized MNIST) and batch size it times, best of `--repeats`, the same number o
                   from the device-resident split;
   torch_eager     the same model, loss, initialisation, optimizer and data in PyTorch
                   (benchmarks/torch_reference.py), the straightforward loop;
-  torch_compile   the same with the model's forward through `torch.compile`.
+  torch_compile   the same with the model's forward through `torch.compile`;
+  products_only   (MLP) only the step's matrix products at its shapes, in one compiled scan:
+                  the floor under any XLA implementation of the step on this device.
 
-and reports examples/s, steps/s, seconds per 50,000-example epoch, the compile time, and the
-fraction of the device's f32 matmul rate (2048^3, measured in the same run) that the step's
-matrix-product FLOPs reach. FLOPs per example are counted from the layer shapes: forward
+Every variant is compiled and warmed up first; then `--repeats` rounds each time every variant
+once, in turn, and each variant's best is kept. Interleaving matters on a shared machine: a slow
+spell then touches all variants alike instead of skewing one ratio. The table reports
+examples/s, steps/s, seconds per 50,000-example epoch, the compile time, and the fraction of the
+device's f32 matmul rate (2048^3, measured in the same run) that the step's matrix-product FLOPs
+reach. FLOPs per example are counted from the layer shapes: forward
 2·Σ(in·out) per matrix product (convolutions as their im2col products), backward twice that,
 less the input gradient of the first layer, which nobody needs. Also: the matmul rate at the
 model's own batch shapes, and evaluation throughput of the k = 5000 importance-weighted bound.
@@ -32,12 +37,14 @@ machines; absolute times depend on what else the machine runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
 import os
 import platform
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,17 +68,23 @@ def model_config(model: str, batch_size: int, dtype: str = "float32"):
     return config
 
 
+def mlp_product_shapes(config, pixels: int) -> list[tuple[int, int, bool]]:
+    """(inputs, outputs, is_first_layer) of each of the MLP's dense layers, encoder first (the
+    mean and log-variance heads counted as one layer of 2·latents outputs)."""
+    sizes = [pixels, *config.hidden_sizes]
+    shapes = [(a, b, i == 0) for i, (a, b) in enumerate(itertools.pairwise(sizes))]
+    shapes.append((sizes[-1], 2 * config.latents, False))
+    decoder = [config.latents, *reversed(config.hidden_sizes), pixels]
+    return shapes + [(a, b, False) for a, b in itertools.pairwise(decoder)]
+
+
 def matmul_flops_per_example(config, image_shape) -> tuple[float, float]:
     """(forward, training) matrix-product FLOPs per example, from the layer shapes."""
     height, width, channels = image_shape
     pixels = height * width * channels
     layers = []  # (macs per example, is_first_layer)
     if config.model == "mlp":
-        sizes = [pixels, *config.hidden_sizes]
-        layers += [(a * b, i == 0) for i, (a, b) in enumerate(itertools.pairwise(sizes))]
-        layers.append((sizes[-1] * 2 * config.latents, False))
-        decoder = [config.latents, *reversed(config.hidden_sizes), pixels]
-        layers += [(a * b, False) for a, b in itertools.pairwise(decoder)]
+        layers += [(a * b, first) for a, b, first in mlp_product_shapes(config, pixels)]
     else:
         side_h, side_w, in_channels = height, width, channels
         for index, out_channels in enumerate(config.conv_features):
@@ -93,13 +106,21 @@ def matmul_flops_per_example(config, image_shape) -> tuple[float, float]:
     return float(forward), float(forward + backward)
 
 
-def matmul_rate(m: int, k: int, n: int, dtype, repeats: int = 5) -> float:
-    """FLOP/s of an (m, k) @ (k, n) product in `dtype` with f32 sums, best of `repeats`."""
-    a = jax.random.normal(jax.random.key(0), (m, k)).astype(dtype)
+def matmul_rate(
+    m: int, k: int, n: int, dtype, repeats: int = 5, contract_leading: bool = False
+) -> float:
+    """FLOP/s of an (m, k) @ (k, n) product in `dtype` with f32 sums, best of `repeats`.
+
+    With `contract_leading`, the product of a weight gradient, xᵀ·g: the operands are stored
+    (k, m) and (k, n), as a batch of activations and of output gradients are, and the product
+    contracts their leading dimension.
+    """
+    a_shape, contracting = ((k, m), (0,)) if contract_leading else ((m, k), (1,))
+    a = jax.random.normal(jax.random.key(0), a_shape).astype(dtype)
     b = jax.random.normal(jax.random.key(1), (k, n)).astype(dtype)
     product = jax.jit(
         lambda a, b: jax.lax.dot_general(
-            a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+            a, b, ((contracting, (0,)), ((), ())), preferred_element_type=jnp.float32
         )
     )
     jax.block_until_ready(product(a, b))
@@ -123,7 +144,18 @@ def _jax_setup(model_name, batch_size, dtype, images):
     return config, state, step
 
 
-def time_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_steps, repeats):
+@dataclasses.dataclass
+class Timed:
+    """A variant ready to time: `run()` does the timed work once and returns its seconds (the
+    result synchronised); `compile_seconds` is what it took to get ready; `details()` adds
+    figures to its row after the timings."""
+
+    run: Callable[[], float]
+    compile_seconds: float | None = None
+    details: Callable[[], dict] = dict
+
+
+def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_steps) -> Timed:
     """What `python -m vae_jax.main` runs: `train.EpochRunner`'s device pipeline, its steps in
     one compiled scan (or, for the conv model on CPU, the compiled step called per step)."""
     config, state, step = _jax_setup(model_name, batch_size, dtype, images)
@@ -144,57 +176,121 @@ def time_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_st
             state, images_on_device
         )
     compile_seconds = time.perf_counter() - started
-    state, metrics = program(state, images_on_device)  # warm-up
-    jax.block_until_ready(metrics)
-    best = math.inf
-    for _ in range(repeats):
-        state = state.replace(step=jnp.zeros((), jnp.int32))  # the same batches each repeat
+    carried = {}
+    carried["state"], carried["metrics"] = program(state, images_on_device)  # warm-up
+    jax.block_until_ready(carried["metrics"])
+
+    def run() -> float:
+        # The same batches each time: the epoch's order follows the step counter.
+        state = carried["state"].replace(step=jnp.zeros((), jnp.int32))
         started = time.perf_counter()
-        state, metrics = program(state, images_on_device)
-        jax.block_until_ready(metrics)
-        best = min(best, time.perf_counter() - started)
-    loss = float(np.mean(jax.device_get(metrics["loss"])))
-    return {"seconds": best, "compile_seconds": compile_seconds, "loop": loop, "final_loss": loss}
+        carried["state"], carried["metrics"] = program(state, images_on_device)
+        jax.block_until_ready(carried["metrics"])
+        return time.perf_counter() - started
+
+    def details() -> dict:
+        return {"loop": loop, "final_loss": float(np.mean(carried["metrics"]["loss"]))}
+
+    return Timed(run, compile_seconds, details)
 
 
-def time_jax_loop(model_name, batch_size, images, images_on_device, num_steps, repeats):
+def prepare_products_only(batch_size: int, images, num_steps: int) -> Timed:
+    """The floor under the MLP's step on this device with XLA: only its matrix products (per
+    layer x·W, g·Wᵀ except for the first layer, and xᵀ·g, at the step's shapes), `num_steps`
+    times in one compiled scan, with no activation, loss, sampling or optimizer work.
+
+    Each step's operands depend on the loop counter so that XLA cannot hoist the products out of
+    the loop; what remains beyond the products is a scalar add per operand and a sum per output.
+    """
+    config = model_config("mlp", batch_size)
+    shapes = mlp_product_shapes(config, int(np.prod(images.shape[1:])))
+    keys = jax.random.split(jax.random.key(0), 3 * len(shapes))
+    operands = [
+        (
+            jax.random.normal(keys[3 * i], (batch_size, fan_in)),
+            jax.random.normal(keys[3 * i + 1], (fan_in, fan_out)) / np.sqrt(fan_in),
+            jax.random.normal(keys[3 * i + 2], (batch_size, fan_out)),
+        )
+        for i, (fan_in, fan_out, _) in enumerate(shapes)
+    ]
+
+    def products(total, step):
+        shift = step.astype(jnp.float32) * 1e-6
+        for (x, kernel, g), (_, _, first) in zip(operands, shapes, strict=True):
+            x, kernel, g = x + shift, kernel + shift, g + shift
+            total += jnp.sum(x @ kernel) + jnp.sum(x.T @ g)
+            if not first:
+                total += jnp.sum(g @ kernel.T)
+        return total, None
+
+    started = time.perf_counter()
+    program = (
+        jax.jit(lambda: jax.lax.scan(products, jnp.zeros(()), jnp.arange(num_steps))[0])
+        .lower()
+        .compile()
+    )
+    compile_seconds = time.perf_counter() - started
+    jax.block_until_ready(program())
+
+    def run() -> float:
+        started = time.perf_counter()
+        jax.block_until_ready(program())
+        return time.perf_counter() - started
+
+    return Timed(run, compile_seconds)
+
+
+def prepare_jax_loop(model_name, batch_size, images, images_on_device, num_steps) -> Timed:
+    """The typical JAX loop: a Python loop over one jitted step, each batch gathered from the
+    device-resident split by a second jitted call, a fresh permutation per pass."""
     _, state, step = _jax_setup(model_name, batch_size, "float32", images)
     jit_step = jax.jit(step, donate_argnums=0)
     gather = jax.jit(lambda images, indices: images[indices])
     rng = np.random.default_rng(0)
+
+    def new_order():
+        order = rng.permutation(images.shape[0])[: num_steps * batch_size]
+        return jax.device_put(order.reshape(num_steps, batch_size))
+
     started = time.perf_counter()
-    order = jax.device_put(rng.permutation(images.shape[0])[: num_steps * batch_size])
-    order = order.reshape(num_steps, batch_size)
-    state, metrics = jit_step(state, gather(images_on_device, order[0]))
+    carried = {}
+    carried["state"], metrics = jit_step(state, gather(images_on_device, new_order()[0]))
     jax.block_until_ready(metrics)
     compile_seconds = time.perf_counter() - started
-    best = math.inf
-    for _ in range(repeats):
-        order = jax.device_put(
-            rng.permutation(images.shape[0])[: num_steps * batch_size].reshape(
-                num_steps, batch_size
-            )
-        )
+
+    def run() -> float:
+        order, state = new_order(), carried["state"]
         started = time.perf_counter()
         for b in range(num_steps):
             state, metrics = jit_step(state, gather(images_on_device, order[b]))
         jax.block_until_ready(metrics)
-        best = min(best, time.perf_counter() - started)
-    return {"seconds": best, "compile_seconds": compile_seconds}
+        carried["state"] = state
+        return time.perf_counter() - started
+
+    return Timed(run, compile_seconds)
 
 
-def time_torch(model_name, batch_size, images, num_steps, repeats, compiled):
+def prepare_torch(model_name, batch_size, images, num_steps, compiled) -> Timed:
     import torch
 
     from benchmarks import torch_reference
 
     torch.set_num_threads(os.cpu_count() or 1)
     model, tensor = torch_reference.build(model_name, images)
-    result = torch_reference.time_training(
-        model, tensor, batch_size, num_steps, repeats, compile_model=compiled
+    first_call, run = torch_reference.prepare_training(
+        model, tensor, batch_size, num_steps, compile_model=compiled
     )
-    result["compile_seconds"] = result.pop("first_call_seconds")
-    return result
+    return Timed(run, first_call)
+
+
+def time_interleaved(variants: dict[str, Timed], rounds: int) -> dict[str, float]:
+    """Best seconds of each variant over `rounds` rounds, each round timing every variant once
+    in turn: a slow spell of the machine then touches every variant, not just one."""
+    best = dict.fromkeys(variants, math.inf)
+    for _ in range(rounds):
+        for name, variant in variants.items():
+            best[name] = min(best[name], variant.run())
+    return best
 
 
 def time_iwae(images, num_examples: int, num_samples: int = 5000) -> dict:
@@ -268,6 +364,17 @@ def main() -> None:
         "784x500 @ batch 128, f32": matmul_rate(128, 784, 500, jnp.float32),
         "784x500 @ batch 128, bf16": matmul_rate(128, 784, 500, jnp.bfloat16),
         "500x784 @ batch 128, f32": matmul_rate(128, 500, 784, jnp.float32),
+        # The weight gradients' form, which XLA:CPU runs apart from the forward products.
+        "784x500 weight gradient over batch 128, f32": matmul_rate(
+            784, 128, 500, jnp.float32, contract_leading=True
+        ),
+        "784x500 weight gradient over batch 128, bf16": matmul_rate(
+            784, 128, 500, jnp.bfloat16, contract_leading=True
+        ),
+        "784x500 @ batch 4096, bf16": matmul_rate(4096, 784, 500, jnp.bfloat16),
+        "784x500 weight gradient over batch 4096, bf16": matmul_rate(
+            784, 4096, 500, jnp.bfloat16, contract_leading=True
+        ),
     }
     report = {
         "device": jax.devices()[0].device_kind,
@@ -298,36 +405,33 @@ def main() -> None:
             else:
                 num_steps = max(2, min(steps_per_epoch, args.conv_examples // batch_size))
             print(f"{model_name} batch {batch_size}: {num_steps} steps per timing", flush=True)
-            timings = {
-                "vae_jax": time_vae_jax(
-                    model_name,
-                    batch_size,
-                    "float32",
-                    images,
-                    images_on_device,
-                    num_steps,
-                    args.repeats,
+            variants = {
+                "vae_jax": prepare_vae_jax(
+                    model_name, batch_size, "float32", images, images_on_device, num_steps
                 ),
-                "vae_jax_bf16": time_vae_jax(
-                    model_name,
-                    batch_size,
-                    "bfloat16",
-                    images,
-                    images_on_device,
-                    num_steps,
-                    args.repeats,
+                "vae_jax_bf16": prepare_vae_jax(
+                    model_name, batch_size, "bfloat16", images, images_on_device, num_steps
                 ),
-                "jax_loop": time_jax_loop(
-                    model_name, batch_size, images, images_on_device, num_steps, args.repeats
+                "jax_loop": prepare_jax_loop(
+                    model_name, batch_size, images, images_on_device, num_steps
                 ),
             }
+            if model_name == "mlp":
+                variants["products_only"] = prepare_products_only(batch_size, images, num_steps)
             if args.torch:
-                timings["torch_eager"] = time_torch(
-                    model_name, batch_size, images, num_steps, args.repeats, compiled=False
-                )
-                timings["torch_compile"] = time_torch(
-                    model_name, batch_size, images, num_steps, args.repeats, compiled=True
-                )
+                for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+                    variants[name] = prepare_torch(
+                        model_name, batch_size, images, num_steps, compiled
+                    )
+            best = time_interleaved(variants, args.repeats)
+            timings = {
+                name: {
+                    "seconds": best[name],
+                    "compile_seconds": variant.compile_seconds,
+                    **variant.details(),
+                }
+                for name, variant in variants.items()
+            }
             rows = [
                 _row(name, result, batch_size, num_steps, train_flops, f32_rate)
                 for name, result in timings.items()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -127,19 +128,18 @@ def build(model: str, images: np.ndarray) -> tuple[nn.Module, torch.Tensor]:
     return ConvVAE(side=side, channels=channels), data.permute(0, 3, 1, 2).contiguous()
 
 
-def time_training(
+def prepare_training(
     model: nn.Module,
     data: torch.Tensor,
     batch_size: int,
     num_steps: int,
-    repeats: int,
     compile_model: bool = False,
     seed: int = 0,
-) -> dict:
-    """Best-of-`repeats` time of `num_steps` Adam steps of the typical loop: a fresh permutation
-    per pass, index the batch, forward, backward, step. With `compile_model`, the model's
-    forward (loss included) goes through `torch.compile` and the first call, which compiles,
-    is timed separately."""
+) -> tuple[float, Callable[[], float]]:
+    """The typical loop, ready to time: (seconds of the first call, `run`), where `run()` does
+    `num_steps` Adam steps (a fresh permutation per pass, index the batch, forward, backward,
+    step) and returns its seconds. With `compile_model`, the model's forward (loss included)
+    goes through `torch.compile`; the first call, which compiles, is made here."""
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)
     forward = torch.compile(model) if compile_model else model
@@ -154,11 +154,12 @@ def time_training(
     started = time.perf_counter()
     step(data[:batch_size])  # warm-up (and compilation)
     first_call = time.perf_counter() - started
-    best = math.inf
-    for _ in range(repeats):
+
+    def run() -> float:
         order = torch.randperm(len(data))
         started = time.perf_counter()
         for b in range(num_steps):
             step(data[order[b * batch_size : (b + 1) * batch_size]])
-        best = min(best, time.perf_counter() - started)
-    return {"seconds": best, "first_call_seconds": first_call}
+        return time.perf_counter() - started
+
+    return first_call, run
