@@ -5,7 +5,8 @@ key stored as raw key data) and `meta` (JSON: the resolved config). Orbax writes
 to a temporary directory and renames it when complete, so a partial write is never listed.
 
 Resuming refuses, with the fields named, a checkpoint whose config differs in anything but
-`config.RESUME_SAFE_FIELDS`, and reports a checkpoint it cannot read instead of training over it.
+`config.RESUME_SAFE_FIELDS` or settings that neither run's objective reads
+(`config.OBJECTIVE_FIELDS`), and reports a checkpoint it cannot read instead of training over it.
 Nothing in the workdir is changed by a refused resume.
 """
 
