@@ -283,14 +283,14 @@ def prepare_torch(model_name, batch_size, images, num_steps, compiled) -> Timed:
     return Timed(run, first_call)
 
 
-def time_interleaved(variants: dict[str, Timed], rounds: int) -> dict[str, float]:
-    """Best seconds of each variant over `rounds` rounds, each round timing every variant once
+def time_interleaved(variants: dict[str, Timed], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each variant in each of `rounds` rounds, each round timing every variant once
     in turn: a slow spell of the machine then touches every variant, not just one."""
-    best = dict.fromkeys(variants, math.inf)
+    seconds = {name: [] for name in variants}
     for _ in range(rounds):
         for name, variant in variants.items():
-            best[name] = min(best[name], variant.run())
-    return best
+            seconds[name].append(variant.run())
+    return seconds
 
 
 def time_iwae(images, num_examples: int, num_samples: int = 5000) -> dict:
@@ -423,10 +423,10 @@ def main() -> None:
                     variants[name] = prepare_torch(
                         model_name, batch_size, images, num_steps, compiled
                     )
-            best = time_interleaved(variants, args.repeats)
+            seconds = time_interleaved(variants, args.repeats)
             timings = {
                 name: {
-                    "seconds": best[name],
+                    "seconds": min(seconds[name]),
                     "compile_seconds": variant.compile_seconds,
                     **variant.details(),
                 }

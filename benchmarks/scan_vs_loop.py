@@ -28,20 +28,29 @@ import time
 import jax
 import numpy as np
 
-from vae_jax import data, models, objectives, train
-from vae_jax.config import get_config
+from benchmarks import run
+from vae_jax import data
 
 
-def _setup(batch_size: int):
-    config = get_config()
-    config.batch_size = batch_size
-    images = data.load_binarized_mnist().split("train")
-    steps = images.shape[0] // batch_size
-    model = models.build_model(config, images.shape[1:])
-    optimizer = train.build_optimizer(config, steps)
-    state = train.create_train_state(model, optimizer, images.shape[1:], config.latents, 0)
-    step = train.make_train_step(objectives.make_elbo_loss(model), optimizer)
-    return images, steps, state, step
+def prepare_loop_host(batch_size: int, images, num_steps: int) -> run.Timed:
+    """The typical loop: shuffle in NumPy and feed each host batch to the jitted step."""
+    _, state, step = run._jax_setup("mlp", batch_size, "float32", images)
+    jit_step = jax.jit(step, donate_argnums=0)
+    rng = np.random.default_rng(0)
+    carried = {}
+    carried["state"], metrics = jit_step(state, images[:batch_size])  # compiles
+    jax.block_until_ready(metrics)
+
+    def run_epoch() -> float:
+        order, state = rng.permutation(images.shape[0]), carried["state"]
+        started = time.perf_counter()
+        for b in range(num_steps):
+            state, metrics = jit_step(state, images[order[b * batch_size : (b + 1) * batch_size]])
+        jax.block_until_ready(metrics)
+        carried["state"] = state
+        return time.perf_counter() - started
+
+    return run.Timed(run_epoch)
 
 
 def main() -> None:
@@ -51,50 +60,17 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/scan_vs_loop.json")
     args = parser.parse_args()
 
-    images, steps, state, step = _setup(args.batch_size)
-    batch = args.batch_size
+    images = data.load_binarized_mnist().split("train")
     images_on_device = jax.device_put(images)
-
-    epoch_program = (
-        jax.jit(train.make_train_epoch(step, batch, steps, steps), donate_argnums=0)
-        .lower(state, images_on_device)
-        .compile()
-    )
-    jit_step = jax.jit(step, donate_argnums=0)
-    gather = jax.jit(lambda images, indices: images[indices])
-    rng = np.random.default_rng(0)
-
-    def scan_epoch(state):
-        state, metrics = epoch_program(state, images_on_device)
-        jax.block_until_ready(metrics)
-        return state
-
-    def loop_device_epoch(state):
-        order = jax.device_put(
-            rng.permutation(images.shape[0])[: steps * batch].reshape(steps, batch)
-        )
-        for b in range(steps):
-            state, metrics = jit_step(state, gather(images_on_device, order[b]))
-        jax.block_until_ready(metrics)
-        return state
-
-    def loop_host_epoch(state):
-        order = rng.permutation(images.shape[0])
-        for b in range(steps):
-            state, metrics = jit_step(state, images[order[b * batch : (b + 1) * batch]])
-        jax.block_until_ready(metrics)
-        return state
-
-    variants = {"scan": scan_epoch, "loop_device": loop_device_epoch, "loop_host": loop_host_epoch}
-    states = {name: jax.tree.map(lambda x: x.copy(), state) for name in variants}
-    for name, run_epoch in variants.items():  # warm-up: compiles the step and gather programs
-        states[name] = run_epoch(states[name])
-    seconds = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run_epoch in variants.items():
-            started = time.perf_counter()
-            states[name] = run_epoch(states[name])
-            seconds[name].append(time.perf_counter() - started)
+    batch = args.batch_size
+    steps = images.shape[0] // batch
+    # The same variants as benchmarks.run's vae_jax and jax_loop rows, plus the host-fed loop.
+    variants = {
+        "scan": run.prepare_vae_jax("mlp", batch, "float32", images, images_on_device, steps),
+        "loop_device": run.prepare_jax_loop("mlp", batch, images, images_on_device, steps),
+        "loop_host": prepare_loop_host(batch, images, steps),
+    }
+    seconds = run.time_interleaved(variants, args.repeats)
 
     examples = steps * batch
     results = {
