@@ -105,6 +105,8 @@ def main() -> None:
         glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
         key=os.path.getmtime,
     )
+    if not trace_files:
+        raise SystemExit(f"error: jax.profiler wrote no perfetto_trace.json.gz under {trace_dir}")
     ranked = ranked_ops(trace_files[-1], args.steps)
 
     print(
