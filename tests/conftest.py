@@ -7,6 +7,19 @@ import sys
 
 import pytest
 
+# Each `train_and_evaluate` traces fresh closures, so JAX's in-memory cache never serves one run's
+# programs to the next, and most tests train several small runs of the same shapes. JAX's
+# persistent compilation cache turns those repeats into loads, in this process and in the
+# `python -m vae_jax...` subprocesses the tests start (they inherit the environment). Entries are
+# keyed by the program, the compile options and the versions, so a stale one is never used; they
+# live in the git-ignored .pytest_cache. Set before JAX is imported: JAX reads these at import.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax_compilation"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 from vae_jax.config import get_config
 
 TIMING_FIELDS = ("train_seconds", "examples_per_second")
