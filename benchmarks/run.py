@@ -18,7 +18,10 @@ binarized MNIST) and batch size it times the same number of Adam steps of:
                   (benchmarks/torch_reference.py), the straightforward loop;
   torch_compile   the same with the model's forward through `torch.compile`;
   products_only   (MLP) only the step's matrix products at its shapes, in one compiled scan:
-                  the floor under any XLA implementation of the step on this device.
+                  the floor under any XLA implementation of the step on this device;
+  products_only_bf16  the same products with bf16 operands and f32 sums: the floor of the bf16
+                  step. Since the rest of the step is the same f32 work in both precisions,
+                  products_only / products_only_bf16 bounds the speed-up bf16 can give.
 
 Every variant is compiled and warmed up first; then `--repeats` rounds each time every variant
 once, in turn, and each variant's best is kept. Interleaving matters on a shared machine: a slow
@@ -194,10 +197,11 @@ def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num
     return Timed(run, compile_seconds, details)
 
 
-def prepare_products_only(batch_size: int, images, num_steps: int) -> Timed:
+def prepare_products_only(batch_size: int, images, num_steps: int, dtype="float32") -> Timed:
     """The floor under the MLP's step on this device with XLA: only its matrix products (per
     layer x·W, g·Wᵀ except for the first layer, and xᵀ·g, at the step's shapes), `num_steps`
-    times in one compiled scan, with no activation, loss, sampling or optimizer work.
+    times in one compiled scan, with no activation, loss, sampling or optimizer work. The
+    operands are `dtype` and the sums f32, as in the step; casting them costs nothing here.
 
     Each step's operands depend on the loop counter so that XLA cannot hoist the products out of
     the loop; what remains beyond the products is a scalar add per operand and a sum per output.
@@ -214,13 +218,18 @@ def prepare_products_only(batch_size: int, images, num_steps: int) -> Timed:
         for i, (fan_in, fan_out, _) in enumerate(shapes)
     ]
 
+    operands = [tuple(a.astype(dtype) for a in triple) for triple in operands]
+
+    def dot(a, b):
+        return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
     def products(total, step):
-        shift = step.astype(jnp.float32) * 1e-6
+        shift = (step.astype(jnp.float32) * 1e-6).astype(dtype)
         for (x, kernel, g), (_, _, first) in zip(operands, shapes, strict=True):
             x, kernel, g = x + shift, kernel + shift, g + shift
-            total += jnp.sum(x @ kernel) + jnp.sum(x.T @ g)
+            total += jnp.sum(dot(x, kernel)) + jnp.sum(dot(x.T, g))
             if not first:
-                total += jnp.sum(g @ kernel.T)
+                total += jnp.sum(dot(g, kernel.T))
         return total, None
 
     started = time.perf_counter()
@@ -418,6 +427,9 @@ def main() -> None:
             }
             if model_name == "mlp":
                 variants["products_only"] = prepare_products_only(batch_size, images, num_steps)
+                variants["products_only_bf16"] = prepare_products_only(
+                    batch_size, images, num_steps, "bfloat16"
+                )
             if args.torch:
                 for name, compiled in (("torch_eager", False), ("torch_compile", True)):
                     variants[name] = prepare_torch(
@@ -460,13 +472,13 @@ def main() -> None:
 
 def _print_block(result) -> None:
     print(
-        f"  {'variant':<14} {'examples/s':>11} {'steps/s':>9} {'s/epoch':>8} {'compile s':>9} "
+        f"  {'variant':<18} {'examples/s':>11} {'steps/s':>9} {'s/epoch':>8} {'compile s':>9} "
         f"{'roofline':>8} {'vae_jax x':>9}"
     )
     for row in result["rows"]:
         compile_s = row["compile_seconds"]
         print(
-            f"  {row['variant']:<14} {row['examples_per_second']:>11,.0f} "
+            f"  {row['variant']:<18} {row['examples_per_second']:>11,.0f} "
             f"{row['steps_per_second']:>9.1f} {row['seconds_per_epoch']:>8.3f} "
             f"{compile_s if compile_s is not None else float('nan'):>9.2f} "
             f"{row['roofline_fraction']:>8.1%} {row['vae_jax_speedup']:>9.2f}"
