@@ -373,12 +373,19 @@ def main() -> None:
         "784x500 @ batch 128, f32": matmul_rate(128, 784, 500, jnp.float32),
         "784x500 @ batch 128, bf16": matmul_rate(128, 784, 500, jnp.bfloat16),
         "500x784 @ batch 128, f32": matmul_rate(128, 500, 784, jnp.float32),
-        # The weight gradients' form, which XLA:CPU runs apart from the forward products.
+        # The weight gradients' form xᵀ·g contracts the leading (batch) dimension of both
+        # operands. XLA:CPU sends bf16 products to YNNPACK only when the left operand contracts
+        # its last dimension; this form it converts to f32 and multiplies there. The same
+        # product with xᵀ stored as such (a copy that XLA folds away in the real step) shows
+        # what that costs.
         "784x500 weight gradient over batch 128, f32": matmul_rate(
             784, 128, 500, jnp.float32, contract_leading=True
         ),
         "784x500 weight gradient over batch 128, bf16": matmul_rate(
             784, 128, 500, jnp.bfloat16, contract_leading=True
+        ),
+        "784x500 weight gradient over batch 128 from a stored xᵀ, bf16": matmul_rate(
+            784, 128, 500, jnp.bfloat16
         ),
         "784x500 @ batch 4096, bf16": matmul_rate(4096, 784, 500, jnp.bfloat16),
         "784x500 weight gradient over batch 4096, bf16": matmul_rate(
