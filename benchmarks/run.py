@@ -28,7 +28,7 @@ once, in turn, and each variant's best is kept. Interleaving matters on a shared
 spell then touches all variants alike instead of skewing one ratio. The table reports
 examples/s, steps/s, seconds per 50,000-example epoch, the compile time, and the fraction of the
 device's f32 matmul rate (2048^3, measured in the same run) that the step's matrix-product FLOPs
-reach. FLOPs per example are counted from the layer shapes: forward
+reach; bf16 rows are measured against the same f32 rate, so they can pass 100%. FLOPs per example are counted from the layer shapes: forward
 2·Σ(in·out) per matrix product (convolutions as their im2col products), backward twice that,
 less the input gradient of the first layer, which nobody needs. Also: the matmul rate at the
 model's own batch shapes, and evaluation throughput of the k = 5000 importance-weighted bound.
@@ -376,8 +376,8 @@ def main() -> None:
         # The weight gradients' form xᵀ·g contracts the leading (batch) dimension of both
         # operands. XLA:CPU sends bf16 products to YNNPACK only when the left operand contracts
         # its last dimension; this form it converts to f32 and multiplies there. The same
-        # product with xᵀ stored as such (a copy that XLA folds away in the real step) shows
-        # what that costs.
+        # product with xᵀ stored as such (a transpose that XLA folds back into the product in
+        # the real step) shows what that costs.
         "784x500 weight gradient over batch 128, f32": matmul_rate(
             784, 128, 500, jnp.float32, contract_leading=True
         ),
