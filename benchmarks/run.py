@@ -19,8 +19,8 @@ binarized MNIST) and batch size it times the same number of Adam steps of:
   torch_compile   the same with the model's forward through `torch.compile`;
   products_only   (MLP) only the step's matrix products at its shapes, in one compiled scan:
                   the floor under any XLA implementation of the step on this device;
-  products_only_bf16  the same products with bf16 operands and f32 sums: the floor of the bf16
-                  step. Since the rest of the step is the same f32 work in both precisions,
+  products_only_bf16  the same products with bf16 operands and f32 sums (on CPU the weight
+                  gradient's stay f32, as in the step): the floor of the bf16 step. Since the rest of the step is the same f32 work in both precisions,
                   products_only / products_only_bf16 bounds the speed-up bf16 can give.
 
 Every variant is compiled and warmed up first; then `--repeats` rounds each time every variant
@@ -201,7 +201,9 @@ def prepare_products_only(batch_size: int, images, num_steps: int, dtype="float3
     """The floor under the MLP's step on this device with XLA: only its matrix products (per
     layer x·W, g·Wᵀ except for the first layer, and xᵀ·g, at the step's shapes), `num_steps`
     times in one compiled scan, with no activation, loss, sampling or optimizer work. The
-    operands are `dtype` and the sums f32, as in the step; casting them costs nothing here.
+    operands are `dtype` and the sums f32, as in the step; casting them costs nothing here. As in
+    the step, the weight gradient xᵀ·g goes through `models.weight_gradient`, which keeps f32
+    operands on CPU.
 
     Each step's operands depend on the loop counter so that XLA cannot hoist the products out of
     the loop; what remains beyond the products is a scalar add per operand and a sum per output.
@@ -218,16 +220,20 @@ def prepare_products_only(batch_size: int, images, num_steps: int, dtype="float3
         for i, (fan_in, fan_out, _) in enumerate(shapes)
     ]
 
-    operands = [tuple(a.astype(dtype) for a in triple) for triple in operands]
+    operands_in_dtype = [tuple(a.astype(dtype) for a in triple) for triple in operands]
 
     def dot(a, b):
         return jnp.matmul(a, b, preferred_element_type=jnp.float32)
 
     def products(total, step):
-        shift = (step.astype(jnp.float32) * 1e-6).astype(dtype)
-        for (x, kernel, g), (_, _, first) in zip(operands, shapes, strict=True):
-            x, kernel, g = x + shift, kernel + shift, g + shift
-            total += jnp.sum(dot(x, kernel)) + jnp.sum(dot(x.T, g))
+        shift = step.astype(jnp.float32) * 1e-6
+        for (x, kernel, g), (x32, _, g32), (_, _, first) in zip(
+            operands_in_dtype, operands, shapes, strict=True
+        ):
+            low_shift = shift.astype(dtype)
+            x, kernel, g = x + low_shift, kernel + low_shift, g + low_shift
+            total += jnp.sum(dot(x, kernel))
+            total += jnp.sum(models.weight_gradient(x32 + shift, g32 + shift, dtype))
             if not first:
                 total += jnp.sum(dot(g, kernel.T))
         return total, None
