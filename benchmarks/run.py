@@ -9,8 +9,7 @@ For each model (the default MLP 784-500-20 and the conv model of experiments/con
 binarized MNIST) and batch size it times the same number of Adam steps of:
 
   vae_jax         what `python -m vae_jax.main` runs, f32: the steps as one compiled `lax.scan`
-                  with on-device shuffling and gathering (`train.make_train_epoch`), or for the
-                  conv model on CPU the compiled step called per step (`step_loop='host'`);
+                  with on-device shuffling and gathering (`train.make_train_epoch`);
   vae_jax_bf16    the same with `--config.dtype=bfloat16` (bf16 products, f32 sums and weights);
   jax_loop        the typical JAX loop: a Python loop over one jitted step, batches gathered
                   from the device-resident split;
@@ -160,7 +159,7 @@ class Timed:
 
 def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_steps) -> Timed:
     """What `python -m vae_jax.main` runs: `train.EpochRunner`'s device pipeline, its steps in
-    one compiled scan (or, for the conv model on CPU, the compiled step called per step)."""
+    one compiled scan (or, with `step_loop='host'`, the compiled step called per step)."""
     config, state, step = _jax_setup(model_name, batch_size, dtype, images)
     steps_per_epoch = images.shape[0] // batch_size
     loop = train.choose_step_loop(config)

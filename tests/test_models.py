@@ -1,7 +1,9 @@
 """Shapes of both architectures, and the checks `build_model` makes."""
 
+import contextlib
 import functools
 import re
+import unittest.mock
 
 import flax.linen
 import jax
@@ -9,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import models
+from vae_jax import convolutions, models
 from vae_jax.config import get_config
 from vae_jax.errors import ConfigError
 
@@ -70,23 +72,100 @@ def test_conv_rejects_image_sides_it_cannot_halve():
         models.build_model(config, (28, 28, 1))
 
 
-@pytest.mark.parametrize("shape, features", [((2, 4, 4, 3), 5), ((3, 8, 6, 16), 1)])
-def test_phase_form_of_the_transposed_convolution_equals_flax_conv_transpose(shape, features):
+# Even and odd sides; few channels (one wide product) and many (phase convolutions, per-tap
+# products) on both sides of convolutions._FEW_CHANNELS.
+CONV_CASES = [((3, 28, 28, 1), 32), ((3, 14, 14, 32), 64), ((2, 7, 9, 3), 5), ((2, 8, 6, 16), 1)]
+
+
+def _with_cpu_forms(use: bool):
+    """On CPU, whether the layers take convolutions.py's CPU gradients or the other platforms'
+    autodiff (the `default` branch of their `platform_dependent`), to test both here."""
+    if use:
+        return contextlib.nullcontext()
+    return unittest.mock.patch.multiple(
+        convolutions,
+        _down_on_cpu=convolutions._down,
+        _up_on_cpu=functools.partial(convolutions._up, few_as_product=False),
+    )
+
+
+@pytest.mark.parametrize("cpu_forms", [True, False], ids=["cpu-forms", "autodiff"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv-transpose"])
+@pytest.mark.parametrize("shape, features", CONV_CASES)
+def test_stride_2_convolutions_equal_flax_layers_with_gradients(
+    shape, features, transposed, cpu_forms
+):
     x = jax.random.normal(jax.random.key(0), shape)
-    reference = flax.linen.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")
+    if transposed:
+        reference = flax.linen.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")
+        ours = models.ConvTranspose4x4Stride2(features)
+    else:
+        reference = flax.linen.Conv(features, (4, 4), strides=(2, 2), padding="SAME")
+        ours = models.Conv4x4Stride2(features)
     params = reference.init(jax.random.key(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
-    ours = models.ConvTranspose4x4Stride2(features)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
         jnp.shape, params
     )
-    np.testing.assert_allclose(
-        ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
+
+    def loss(params, x, module):
+        return jnp.sum(jnp.sin(module.apply(params, x)))
+
+    with _with_cpu_forms(cpu_forms):
+        ours_out = jax.jit(ours.apply)(params, x)
+        ours_grads = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(params, x, ours)
+    np.testing.assert_allclose(ours_out, reference.apply(params, x), rtol=1e-5, atol=1e-5)
+    reference_grads = jax.grad(loss, (0, 1))(params, x, reference)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max()),
+        ours_grads,
+        reference_grads,
     )
-    grads = [
-        jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (ours, reference)
-    ]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv-transpose"])
+def test_bfloat16_convolution_gradients_are_float32_and_close(transposed):
+    x = jax.random.normal(jax.random.key(0), (4, 14, 14, 32))
+    layer = models.ConvTranspose4x4Stride2 if transposed else models.Conv4x4Stride2
+    grads = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        module = layer(16, dtype)
+        params = module.init(jax.random.key(1), x)
+        grads[dtype] = jax.grad(lambda p, x, m=module: jnp.sum(jnp.sin(m.apply(p, x))), (0, 1))(
+            params, x
+        )
+    for exact, mixed in zip(*map(jax.tree.leaves, grads.values()), strict=True):
+        assert mixed.dtype == jnp.float32
+        relative = float(jnp.linalg.norm(mixed - exact) / jnp.linalg.norm(exact))
+        assert 1e-5 < relative < 3e-2  # bf16 rounding of the operands: visible, small
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's compiled program")
+def test_conv_training_step_on_cpu_has_only_plain_forward_convolutions():
+    """Every convolution XLA:CPU compiles for the conv model's training step is in the form it
+    hands to YNNPACK: NHWC input, HWIO kernel, no zeros inserted (lhs_dilate), no reversed
+    window. Autodiff's gradients of a strided convolution are neither, and inside a compiled
+    loop those ran 4-21x slower (see convolutions.py)."""
+    config = get_config()
+    config.model, config.conv_features, config.conv_hidden = "conv", (32, 64), 256
+    model = models.build_model(config, (28, 28, 1))
+    x = jnp.zeros((8, 28, 28, 1))
+    params = model.init(jax.random.key(0), x, jnp.zeros((8, config.latents)))
+
+    def loss(params, x):
+        mean, _ = model.apply(params, x, method="encode")
+        logits, _ = model.apply(params, mean, method="decode")
+        return jnp.sum(jnp.sin(logits))
+
+    text = jax.jit(jax.grad(loss)).lower(params, x).compile().as_text()
+    convolutions_in_program = [line for line in text.splitlines() if " convolution(" in line]
+    # forward: 2 encoder layers, 2x4 decoder phases; backward: 1 encoder input gradient (4
+    # phases) and 2 decoder input gradients (a strided convolution each; one layer's few
+    # output channels run as a product instead of phases)
+    assert len(convolutions_in_program) >= 8, text
+    for line in convolutions_in_program:
+        assert "dim_labels=b01f_01io->b01f" in line, line
+        assert "lhs_dilate" not in line and "rhs_reversal" not in line, line
 
 
 def test_mixed_precision_matmul_runs_its_products_in_bf16_and_returns_f32_gradients():

@@ -88,8 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.pipeline = "auto"
     config.stream_chunk_steps = 64  # streaming: steps per compiled call (and per transfer)
     # How a call runs its steps: 'scan' compiles them into one loop; 'host' calls the compiled
-    # step once per step (XLA:CPU runs convolutions inside loops several times slower, jax#12868);
-    # 'auto': 'host' for the conv model on CPU, else 'scan'.
+    # step once per step (for ops XLA runs slower inside loop bodies, jax#12868); 'auto': 'scan'.
     config.step_loop = "auto"
     config.eval_split = "test"  # evaluated after every epoch; 'valid' for model selection
     config.max_train_examples = 0  # 0 = the whole split; a prefix, for smoke runs and tests

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vae_jax import convolutions
 from vae_jax.errors import ConfigError
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -129,18 +130,31 @@ def dense(features: int, dtype, name: str | None = None) -> nn.Module:
     return Dense(features, dtype, name=name)
 
 
-def conv(features: int, dtype) -> nn.Conv:
-    """A 4x4 stride-2 SAME convolution in `dtype` with float32 parameters and accumulation."""
-    return nn.Conv(
-        features,
-        (4, 4),
-        strides=(2, 2),
-        padding="SAME",
-        dtype=dtype,
-        conv_general_dilated=functools.partial(
-            jax.lax.conv_general_dilated, preferred_element_type=jnp.float32
-        ),
-    )
+class Conv4x4Stride2(nn.Module):
+    """`nn.Conv(features, (4, 4), strides=(2, 2), padding='SAME')`: the same parameters (names,
+    shapes, initialisers) and outputs, computed by `convolutions.conv_4x4_stride_2`, with
+    float32 parameters and sums and the products in `dtype`."""
+
+    features: int
+    dtype: Any = jnp.float32
+    transposed: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.transposed:
+            return convolutions.conv_transpose_4x4_stride_2(x, kernel, self.dtype) + bias
+        return convolutions.conv_4x4_stride_2(x, kernel, self.dtype) + bias
+
+
+class ConvTranspose4x4Stride2(Conv4x4Stride2):
+    """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`: the same
+    parameters and outputs, computed by `convolutions.conv_transpose_4x4_stride_2`."""
+
+    transposed: bool = True
 
 
 # Mixed precision: the dtype of the matrix products (float32 parameters and sums either way).
@@ -195,8 +209,8 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         h = x
-        for channels in self.features:
-            h = self.activation(conv(channels, self.dtype)(h))
+        for index, channels in enumerate(self.features):
+            h = self.activation(Conv4x4Stride2(channels, self.dtype, name=f"Conv_{index}")(h))
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         h = h.reshape((h.shape[0], -1))
@@ -204,65 +218,6 @@ class ConvEncoder(nn.Module):
         mean = dense(self.latents, self.dtype, name="mean")(h)
         log_variance = dense(self.latents, self.dtype, name="log_variance")(h)
         return mean, log_variance
-
-
-def conv_transpose_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax.Array:
-    r"""`lax.conv_transpose(x, kernel, (2, 2), 'SAME')` for a 4x4 kernel, as four 2x2 convolutions.
-
-    The transposed convolution dilates x with zeros and convolves. Output pixel (2m + a, 2n + b)
-    only meets the taps kernel[a::2, b::2] at inputs {m - 1, m} (phase 0) or {m, m + 1}
-    (phase 1) along each axis:
-
-    .. math::
-        y_{2m+a,\,2n+b} = \sum_{i,j \in \{0,1\}} x_{m+i-1+a,\,n+j-1+b}\; k_{a+2i,\,b+2j}
-
-    so each of the four phases is a stride-1 2x2 convolution, and the phases interleave into
-    the output. Same numbers as the dilated form (to float rounding), without its zeros: on XLA's
-    CPU backend the dilated form's kernel gradient is about 10x slower than the whole phase form.
-
-    Args:
-      x: (B, H, W, C_in).
-      kernel: (4, 4, C_in, C_out), as `nn.ConvTranspose` stores it.
-      dtype: of the products (x and kernel are cast to it); the sums are float32.
-
-    Returns:
-      (B, 2H, 2W, C_out), float32.
-    """
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    padding = {0: (1, 0), 1: (0, 1)}
-    rows = []
-    for a in (0, 1):
-        phases = [
-            jax.lax.conv_general_dilated(
-                x,
-                kernel[a::2, b::2],
-                (1, 1),
-                (padding[a], padding[b]),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                preferred_element_type=jnp.float32,
-            )
-            for b in (0, 1)
-        ]
-        rows.append(jnp.stack(phases, axis=3))  # (B, H, W, 2 phases of b, C)
-    y = jnp.stack(rows, axis=2)  # (B, H, 2 phases of a, W, 2 phases of b, C)
-    batch, height, _, width, _, channels = y.shape
-    return y.reshape((batch, 2 * height, 2 * width, channels))
-
-
-class ConvTranspose4x4Stride2(nn.Module):
-    """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME')`: the same parameters
-    (names, shapes, initialisers) and outputs, computed by `conv_transpose_4x4_stride_2`."""
-
-    features: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features)
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_transpose_4x4_stride_2(x, kernel, self.dtype) + bias
 
 
 class ConvDecoder(nn.Module):
