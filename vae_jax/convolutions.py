@@ -79,15 +79,22 @@ def _taps(x: jax.Array, g: jax.Array) -> jax.Array:
     )
 
 
+def _shifted(t: jax.Array, rows: int, cols: int) -> jax.Array:
+    """t (B, M, N, C) moved so that pixel (q, r) holds t[q + rows, r + cols], zeros outside."""
+    zero = jnp.zeros((), t.dtype)
+    return jax.lax.pad(t, zero, [(0, 0, 0), (-rows, rows, 0), (-cols, cols, 0), (0, 0, 0)])
+
+
 def _up(
     g: jax.Array, kernel: jax.Array, height: int, width: int, few_as_product: bool = True
 ) -> jax.Array:
     """`down`'s input gradient (B, height, width, C), no zeros inserted.
 
-    Output row u = 2m + i - 1 meets taps i of one parity: rows of parity p (in the padded
-    frame) come from taps p and p + 2 at inputs m and m - 1. So each of the four (row, column)
-    parities is a stride-1 2x2 convolution of g, and the parities interleave into the output.
-    With few output channels, one product g (BMN, O) x k^T (O, 16C) and shifted sums instead.
+    Output row u = 2m + i - 1 meets only taps of one parity: an even row 2q the taps 1 and 3
+    at inputs q and q - 1, an odd row 2q + 1 the taps 0 and 2 at inputs q + 1 and q. So each
+    of the four (row, column) parities is a stride-1 2x2 convolution of g, and the parities
+    interleave into the output. With few output channels, one product g (BMN, O) x k^T
+    (O, 16C) and shifted sums instead.
     """
     batch, rows, cols, _ = g.shape
     channels = kernel.shape[2]
@@ -95,22 +102,17 @@ def _up(
         per_tap = _dot(g.reshape(batch * rows * cols, -1), kernel.reshape(16, channels, -1), (1, 2))
         per_tap = per_tap.reshape(batch, rows, cols, 4, 4, channels)
 
-        def parity(p, q):
+        def parity(a, b):  # tap i of row parity a reads input q + a - i // 2
             return sum(
-                jnp.pad(
-                    per_tap[:, :, :, i, j, :],
-                    ((0, 0), (i // 2, 1 - i // 2), (j // 2, 1 - j // 2), (0, 0)),
-                )
-                for i in (p, p + 2)
-                for j in (q, q + 2)
+                _shifted(per_tap[:, :, :, i, j, :], a - i // 2, b - j // 2)
+                for i in (1 - a, 3 - a)
+                for j in (1 - b, 3 - b)
             )
     else:
-        # Parity p of padded row 2q + p: tap p at input q, tap p + 2 at input q - 1, i.e. a
-        # 2x2 window over g padded by one row in front, with the kernel's taps reversed.
-        padded = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
-        def parity(p, q):
-            taps = kernel[p::2, q::2][::-1, ::-1].transpose(0, 1, 3, 2)  # (2, 2, O, C)
+        def parity(a, b):  # a 2x2 window over inputs (q + a - 1, q + a): taps 3 - a, 1 - a
+            padded = jnp.pad(g, ((0, 0), (1 - a, a), (1 - b, b), (0, 0)))
+            taps = kernel[1 - a :: 2, 1 - b :: 2][::-1, ::-1].transpose(0, 1, 3, 2)
             return jax.lax.conv_general_dilated(
                 padded,
                 taps,
@@ -120,10 +122,10 @@ def _up(
                 preferred_element_type=jnp.float32,
             )
 
-    rows_of_parity = [jnp.stack([parity(p, q) for q in (0, 1)], axis=3) for p in (0, 1)]
-    y = jnp.stack(rows_of_parity, axis=2)  # (B, M+1, 2, N+1, 2, C)
-    y = y.reshape(batch, 2 * rows + 2, 2 * cols + 2, channels)
-    return y[:, 1 : 1 + height, 1 : 1 + width, :]
+    rows_of_parity = [jnp.stack([parity(a, b) for b in (0, 1)], axis=3) for a in (0, 1)]
+    y = jnp.stack(rows_of_parity, axis=2)  # (B, M, 2 row parities, N, 2 column parities, C)
+    y = y.reshape(batch, 2 * rows, 2 * cols, channels)
+    return y[:, :height, :width, :]
 
 
 @jax.custom_vjp
