@@ -93,7 +93,8 @@ def _up(
     Output row u = 2m + i - 1 meets only taps of one parity: an even row 2q the taps 1 and 3
     at inputs q and q - 1, an odd row 2q + 1 the taps 0 and 2 at inputs q + 1 and q. So each
     of the four (row, column) parities is a stride-1 2x2 convolution of g, and the parities
-    interleave into the output. With few output channels, one product g (BMN, O) x k^T
+    interleave into the output. With few output channels (and `few_as_product`, which the
+    non-CPU branch turns off to keep the phase form everywhere), one product g (BMN, O) x k^T
     (O, 16C) and shifted sums instead.
     """
     batch, rows, cols, _ = g.shape
