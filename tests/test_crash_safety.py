@@ -171,6 +171,71 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     assert resumed[-1]["step"] == last + 8
 
 
+def test_a_failed_picture_write_is_reported_even_when_the_save_in_flight_fails_too(
+    tmp_path, monkeypatch
+):
+    # A full disk fails the asynchronous checkpoint save and, meanwhile, the next picture. The
+    # picture's error is raised first; the failed save must neither replace it (from the
+    # checkpoint store's exit) nor be named as intact. Made deterministic: the save of step 8
+    # writes nothing and fails when waited for, the pictures of epoch 2 fail.
+    def save_that_fails_later(self, step, state, config, extra=None):
+        def fail():
+            raise ValueError(
+                "RESOURCE_EXHAUSTED: Error writing local file: No space left on device "
+                "[os_error_code='28']"
+            )
+
+        self._manager.wait_until_finished = fail
+
+    real_save_png = outputs.save_png
+
+    def save_png(path, grid):
+        if "epoch_002" in path:
+            raise OSError(28, "No space left on device", path)
+        real_save_png(path, grid)
+
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save_that_fails_later)
+    monkeypatch.setattr(outputs, "save_png", save_png)
+    workdir = tmp_path / "run"
+    with pytest.raises(WorkdirError) as error:
+        train.train_and_evaluate(small_config(num_epochs=3), str(workdir))
+    message = str(error.value)
+    assert message.startswith("cannot write to the workdir: No space left on device"), message
+    assert "epoch_002" in message and "no checkpoint had been completed" in message, message
+    epochs = [r["epoch"] for r in outputs.MetricsLog(str(workdir / "metrics.jsonl")).read()]
+    assert epochs == [1, 2]  # what was written before the failure stays
+
+
+def test_checkpoint_store_exit_keeps_the_error_in_flight_and_raises_a_failed_save_otherwise(
+    tmp_path,
+):
+    class FailingManager:
+        closed = False
+
+        def wait_until_finished(self):
+            raise ValueError("save failed")
+
+        def close(self):
+            FailingManager.closed = True
+
+    with (
+        pytest.raises(KeyError, match="the first error"),
+        checkpoint.CheckpointStore(str(tmp_path / "a"), max_to_keep=2) as store,
+    ):
+        store._manager.close()
+        store._manager = FailingManager()
+        raise KeyError("the first error")
+    assert FailingManager.closed
+    FailingManager.closed = False
+    with (
+        pytest.raises(ValueError, match="save failed"),
+        checkpoint.CheckpointStore(str(tmp_path / "b"), max_to_keep=2) as store,
+    ):
+        store._manager.close()
+        store._manager = FailingManager()
+    assert FailingManager.closed
+
+
 def test_write_failure_of_metrics_is_a_clear_error(tmp_path, monkeypatch):
     def refuse(self, record):
         raise OSError(28, "No space left on device", self.path)

@@ -83,8 +83,10 @@ class CheckpointStore:
         return self._manager.latest_step()
 
     def complete_steps(self) -> list[int]:
-        """The steps of the checkpoints complete on disk, oldest first: Orbax gives a checkpoint
-        its plain step name only once every file of it is written."""
+        """The steps of the checkpoints complete on disk, oldest first, once any save in flight
+        has finished or failed: Orbax gives a checkpoint its plain step name only once every
+        file of it is written."""
+        self.settle()
         if not os.path.isdir(self.directory):
             return []
         return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
@@ -218,19 +220,45 @@ class CheckpointStore:
         """Waits for the last save to be complete on disk; raises if it failed."""
         self._manager.wait_until_finished()
 
-    def close(self) -> None:
-        """Waits for the last save, then releases the manager (again: nothing)."""
+    def settle(self) -> BaseException | None:
+        """Waits for the save in flight, if any; returns its failure instead of raising it.
+
+        For error paths: a run that stops for one write failure (say a full disk while writing
+        a picture) reports that one, and the save still in flight usually fails for the same
+        reason."""
+        if self._manager is None:
+            return None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - reported by the caller's own error
+            logging.warning("The checkpoint save in flight failed: %s", _first_line(error))
+            return error
+        return None
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Waits for the last save, then releases the manager (again: nothing). A failed save
+        is raised, or with `raise_errors` False only logged; the manager is released either
+        way."""
         if self._manager is None:
             return
         manager, self._manager = self._manager, None
-        manager.wait_until_finished()
-        manager.close()
+        failure = None
+        for finish in (manager.wait_until_finished, manager.close):
+            try:
+                finish()
+            except Exception as error:  # noqa: BLE001 - raised or logged below
+                failure = failure or error
+        if failure is not None:
+            if raise_errors:
+                raise failure
+            logging.warning("Closing the checkpoints: %s", _first_line(failure))
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        # Leaving on an error: that error is the one to report, not a save it interrupted.
+        self.close(raise_errors=exc_type is None)
 
 
 class _Unreadable(Exception):
