@@ -28,7 +28,9 @@ SMALL = [
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (  # keeps the suite's flags (conftest.py)
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     return env
 
