@@ -1,7 +1,7 @@
 """The throughput suite: vae_jax against the typical JAX loop and PyTorch, and against the device's
 own matmul rate, all measured in one run.
 
-    python -m benchmarks.run                       # the full table (about 10 min on a 2-core CPU)
+    python -m benchmarks.run                       # the full table (20-25 min on a 2-core CPU)
     python -m benchmarks.run --quick               # batch 128 only, fewer repeats
     python -m benchmarks.run --models mlp --batch_sizes 128,1024 --no-torch
 
@@ -354,7 +354,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="mlp,conv")
     parser.add_argument("--batch_sizes", default="32,128,512,4096")
-    parser.add_argument("--conv_batch_sizes", default="32,128,512")
+    parser.add_argument("--conv_batch_sizes", default="32,128,512,4096")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--conv_examples", type=int, default=8192, help="examples per timing (conv)"
@@ -402,6 +402,8 @@ def main() -> None:
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
+        # Whether the CPU multiplies bf16 in hardware: without, the bf16 rows are slower than f32.
+        "cpu_bf16_units": models.cpu_has_bf16_units(),
         "versions": {"jax": jax.__version__},
         "matmul_flops_per_second": {
             "2048^3 f32": f32_rate,
@@ -500,6 +502,9 @@ def _print_block(result) -> None:
 def _print_summary(report) -> None:
     rates = report["matmul_flops_per_second"]
     print(f"\ndevice: {report['device']} ({report['cpu_count']} cores), {report['versions']}")
+    if report["device"] == "cpu":
+        units = {True: "yes", False: "no (bf16 is emulated)", None: "unknown"}
+        print(f"  CPU bf16 units: {units[report['cpu_bf16_units']]}")
     for name, rate in rates.items():
         print(f"  matmul {name}: {rate / 1e9:.0f} GFLOP/s")
     iwae = report["iwae_evaluation"]

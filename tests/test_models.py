@@ -221,3 +221,24 @@ def test_bfloat16_model_has_the_float32_parameters_and_close_outputs():
         outputs[dtype] = (params, logits)
     jax.tree.map(np.testing.assert_array_equal, outputs["float32"][0], outputs["bfloat16"][0])
     np.testing.assert_allclose(outputs["bfloat16"][1], outputs["float32"][1], atol=0.1)
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, expected",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_tile amx_bf16\n", True),
+        (
+            "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t: fpu avx2\n",
+            False,
+        ),
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32\n", False),
+        ("processor\t: 0\nmodel name\t: something\n", None),
+    ],
+)
+def test_cpu_bf16_units_are_read_from_cpuinfo(tmp_path, cpuinfo, expected):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert models.cpu_has_bf16_units(str(path)) is expected
+    assert models.cpu_has_bf16_units(str(tmp_path / "missing")) is None

@@ -208,3 +208,25 @@ def test_every_model_and_likelihood_trains(make_config, tmp_path, model_name, li
     config = make_config(model=model_name, likelihood=likelihood, num_epochs=1, max_steps=3)
     records = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert records[-1]["step"] == 3 and np.isfinite(records[-1]["test_elbo"])
+
+
+@pytest.mark.parametrize(
+    "dtype, has_units, warned",
+    [
+        ("bfloat16", False, True),
+        ("bfloat16", True, False),
+        ("bfloat16", None, False),
+        ("float32", False, False),
+    ],
+)
+def test_bfloat16_on_a_cpu_without_bf16_units_warns_that_it_is_slower(
+    tmp_path, monkeypatch, caplog, dtype, has_units, warned
+):
+    monkeypatch.setattr(models, "cpu_has_bf16_units", lambda: has_units)
+    caplog.set_level("WARNING")
+    records = train.train_and_evaluate(
+        small_config(dtype=dtype, num_epochs=1, max_steps=2), str(tmp_path / "run")
+    )
+    assert records[-1]["step"] == 2  # a warning, not an error: it trains
+    said = "slower than with dtype='float32'" in caplog.text
+    assert said is warned, caplog.text

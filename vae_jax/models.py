@@ -106,6 +106,31 @@ def _mixed_precision_matmul_backward(dtype, residuals, g):
 mixed_precision_matmul.defvjp(_mixed_precision_matmul_forward, _mixed_precision_matmul_backward)
 
 
+def cpu_has_bf16_units(cpuinfo_path: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this machine's CPU multiplies bf16 in hardware: the `avx512_bf16` or `amx_bf16`
+    flag on x86, `bf16` among an Arm CPU's features. None where it cannot be told (no
+    /proc/cpuinfo, as on macOS).
+
+    Without them XLA:CPU computes a bf16 product in f32 with conversions around it, so
+    `dtype='bfloat16'` costs time instead of saving it: on a 2-core AMD EPYC without AVX-512
+    the default MLP's bf16 epoch took 1.39-1.50x as long as f32 at batch 128 and 1.32x at 512,
+    and the bf16 2048^3 product ran at 86 GFLOP/s against 126 in f32.
+    """
+    try:
+        with open(cpuinfo_path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    features = set()
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            features.update(value.split())
+    if not features:
+        return None
+    return bool(features & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 class Dense(nn.Module):
     """`nn.Dense` (same parameter names, shapes and initialisers) whose product runs in `dtype`
     by `mixed_precision_matmul`; float32 parameters and output whatever `dtype` is."""
