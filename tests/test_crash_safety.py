@@ -206,34 +206,29 @@ def test_a_failed_picture_write_is_reported_even_when_the_save_in_flight_fails_t
     assert epochs == [1, 2]  # what was written before the failure stays
 
 
-def test_checkpoint_store_exit_keeps_the_error_in_flight_and_raises_a_failed_save_otherwise(
-    tmp_path,
+@pytest.mark.parametrize("error_in_flight", [True, False])
+def test_checkpoint_store_exit_keeps_the_error_in_flight_or_raises_the_failed_save(
+    tmp_path, error_in_flight
 ):
-    class FailingManager:
-        closed = False
+    closed = []
 
+    class FailingManager:
         def wait_until_finished(self):
             raise ValueError("save failed")
 
         def close(self):
-            FailingManager.closed = True
+            closed.append(True)
 
+    expected, message = (KeyError, "the first error") if error_in_flight else (ValueError, "save")
     with (
-        pytest.raises(KeyError, match="the first error"),
-        checkpoint.CheckpointStore(str(tmp_path / "a"), max_to_keep=2) as store,
+        pytest.raises(expected, match=message),
+        checkpoint.CheckpointStore(str(tmp_path / "checkpoints"), max_to_keep=2) as store,
     ):
         store._manager.close()
         store._manager = FailingManager()
-        raise KeyError("the first error")
-    assert FailingManager.closed
-    FailingManager.closed = False
-    with (
-        pytest.raises(ValueError, match="save failed"),
-        checkpoint.CheckpointStore(str(tmp_path / "b"), max_to_keep=2) as store,
-    ):
-        store._manager.close()
-        store._manager = FailingManager()
-    assert FailingManager.closed
+        if error_in_flight:
+            raise KeyError("the first error")
+    assert closed == [True]  # released either way
 
 
 def test_write_failure_of_metrics_is_a_clear_error(tmp_path, monkeypatch):
