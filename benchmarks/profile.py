@@ -50,19 +50,87 @@ def op_names(hlo_text: str) -> dict[str, str]:
     return names
 
 
-def ranked_ops(trace_file: str, steps: int) -> list[tuple[str, float, float]]:
-    """[(event name, microseconds per step, calls per step)] of the trace's ops, by time."""
+def _device_pids(events: list[dict]) -> set:
+    """The trace's processes that are devices (`/device:GPU:0`, `/device:TPU:0`, ...), not hosts."""
+    return {
+        event["pid"]
+        for event in events
+        if event.get("ph") == "M"
+        and event.get("name") == "process_name"
+        and "/device:" in event.get("args", {}).get("name", "")
+    }
+
+
+def ranked_ops(trace_file: str, steps: int) -> tuple[list[tuple[str, float, float]], str]:
+    """([(op, microseconds per step, calls per step)] by time, where the events were).
+
+    On an accelerator the ops are the device's events (kernels, named by the HLO op they run
+    where the trace says so), since the host's events there only launch them; on CPU, where the
+    host runs the ops, they are the host's events less the wrappers around them.
+    """
     with gzip.open(trace_file) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
+    device_pids = _device_pids(events)
     total = collections.Counter()
     count = collections.Counter()
     for event in events:
-        if event.get("ph") != "X" or _WRAPPERS.match(event["name"]):
+        if event.get("ph") != "X":
             continue
-        total[event["name"]] += event.get("dur", 0)
-        count[event["name"]] += 1
-    return [(name, us / steps, count[name] / steps) for name, us in total.most_common()]
+        if device_pids:
+            if event.get("pid") not in device_pids:
+                continue
+            name = event.get("args", {}).get("hlo_op") or event["name"]
+        elif _WRAPPERS.match(event["name"]):
+            continue
+        else:
+            name = event["name"]
+        total[name] += event.get("dur", 0)
+        count[name] += 1
+    where = "device" if device_pids else "host"
+    return [(name, us / steps, count[name] / steps) for name, us in total.most_common()], where
+
+
+def profile_epoch(program, state, images, steps: int, trace_dir: str) -> dict:
+    """Times compiled `program(state, images)` (an epoch of `steps` steps) untraced after a
+    warm-up, then traces one more call with `jax.profiler` and ranks its ops.
+
+    Returns {"step_us", "ops": [(op, us per step, calls per step, where JAX traced it)], "where",
+    "trace"}. `program` must donate nothing that is used again: each call gets the last state.
+    """
+    names = op_names(program.as_text())
+    state, metrics = program(state, images)  # warm-up
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()  # untraced: tracing itself costs time
+    state, metrics = program(state, images)
+    jax.block_until_ready(metrics)
+    step_us = (time.perf_counter() - started) / steps * 1e6
+
+    trace_dir = os.path.abspath(trace_dir)
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        state, metrics = program(state, images)
+        jax.block_until_ready(metrics)
+    trace_files = sorted(
+        glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
+        key=os.path.getmtime,
+    )
+    if not trace_files:
+        raise SystemExit(f"error: jax.profiler wrote no perfetto_trace.json.gz under {trace_dir}")
+    ranked, where = ranked_ops(trace_files[-1], steps)
+    ops = [(name, us, calls, names.get(name, "")) for name, us, calls in ranked]
+    return {"step_us": step_us, "ops": ops, "where": where, "trace": trace_files[-1]}
+
+
+def print_profile(profile: dict, top: int) -> None:
+    step_us, ops = profile["step_us"], profile["ops"]
+    print(f"{'us/step':>9} {'share':>6} {'calls':>5}  op  <- where JAX traced it")
+    for name, us, calls, traced_at in ops[:top]:
+        print(f"{us:>9.1f} {us / step_us:>6.1%} {calls:>5.1f}  {name}  <- {traced_at}")
+    listed = sum(op[1] for op in ops[:top])
+    everything = sum(op[1] for op in ops)
+    print(f"{listed:>9.1f} {listed / step_us:>6.1%}        the {top} ops above")
+    print(f"{everything:>9.1f} {everything / step_us:>6.1%}        all {len(ops)} ops")
+    print(f"trace: {profile['trace']}")
 
 
 def main() -> None:
@@ -89,39 +157,15 @@ def main() -> None:
         .lower(state, images_on_device)
         .compile()
     )
-    names = op_names(program.as_text())
-    state, metrics = program(state, images_on_device)  # warm-up
-    jax.block_until_ready(metrics)
-    started = time.perf_counter()  # untraced: tracing itself costs time
-    state, metrics = program(state, images_on_device)
-    jax.block_until_ready(metrics)
-    step_us = (time.perf_counter() - started) / args.steps * 1e6
-
-    trace_dir = os.path.abspath(args.trace_dir)
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        state, metrics = program(state, images_on_device)
-        jax.block_until_ready(metrics)
-    trace_files = sorted(
-        glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
-        key=os.path.getmtime,
-    )
-    if not trace_files:
-        raise SystemExit(f"error: jax.profiler wrote no perfetto_trace.json.gz under {trace_dir}")
-    ranked = ranked_ops(trace_files[-1], args.steps)
-
+    profile = profile_epoch(program, state, images_on_device, args.steps, args.trace_dir)
     print(
         f"{args.model}, batch {args.batch_size}, {args.dtype}, {args.steps} steps on "
-        f"{jax.devices()[0].device_kind} (jax {jax.__version__}): {step_us / 1e3:.3f} ms per "
-        "step untraced. Share: of that step time (ops on different threads may overlap)."
+        f"{jax.devices()[0].device_kind} (jax {jax.__version__}): "
+        f"{profile['step_us'] / 1e3:.3f} ms per step untraced. Share: of that step time "
+        f"(ops on different threads{' or streams' if profile['where'] == 'device' else ''} "
+        "may overlap)."
     )
-    print(f"{'us/step':>9} {'share':>6} {'calls':>5}  op  <- where JAX traced it")
-    for name, us, calls in ranked[: args.top]:
-        print(f"{us:>9.1f} {us / step_us:>6.1%} {calls:>5.1f}  {name}  <- {names.get(name, '')}")
-    listed = sum(us for _, us, _ in ranked[: args.top])
-    everything = sum(us for _, us, _ in ranked)
-    print(f"{listed:>9.1f} {listed / step_us:>6.1%}        the {args.top} ops above")
-    print(f"{everything:>9.1f} {everything / step_us:>6.1%}        all {len(ranked)} ops")
-    print(f"trace: {trace_files[-1]}")
+    print_profile(profile, args.top)
 
 
 if __name__ == "__main__":

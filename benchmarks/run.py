@@ -67,6 +67,14 @@ def model_config(model: str, batch_size: int, dtype: str = "float32"):
         config.conv_features = (32, 64)
         config.conv_hidden = 256
         config.activation = "leaky_relu"
+    elif model == "conv64":  # experiments/beta_vae_dsprites.py's network, on 64x64 images
+        config.model = "conv"
+        config.conv_features = (32, 32, 64, 64)
+        config.conv_hidden = 256
+        config.activation = "relu"
+        config.latents = 10
+    elif model != "mlp":
+        raise ValueError(f"model={model!r}; expected 'mlp', 'conv' or 'conv64'")
     return config
 
 
@@ -109,9 +117,16 @@ def matmul_flops_per_example(config, image_shape) -> tuple[float, float]:
 
 
 def matmul_rate(
-    m: int, k: int, n: int, dtype, repeats: int = 5, contract_leading: bool = False
+    m: int,
+    k: int,
+    n: int,
+    dtype,
+    repeats: int = 5,
+    contract_leading: bool = False,
+    flops_per_timing: float = 2e9,
 ) -> float:
-    """FLOP/s of an (m, k) @ (k, n) product in `dtype` with f32 sums, best of `repeats`.
+    """FLOP/s of an (m, k) @ (k, n) product in `dtype` with f32 sums, best of `repeats`, each
+    timing as many back-to-back products as make up `flops_per_timing` (at least one).
 
     With `contract_leading`, the product of a weight gradient, xᵀ·g: the operands are stored
     (k, m) and (k, n), as a batch of activations and of output gradients are, and the product
@@ -126,7 +141,7 @@ def matmul_rate(
         )
     )
     jax.block_until_ready(product(a, b))
-    inner = max(1, int(2e9 / (2 * m * k * n)))  # about 2 GFLOP per timing
+    inner = max(1, int(flops_per_timing / (2 * m * k * n)))
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter()

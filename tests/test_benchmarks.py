@@ -1,12 +1,16 @@
-"""The benchmark suite's accounting: FLOP counts from the layer shapes, interleaved timing, and
-the bf16 layout experiment's products."""
+"""The benchmark suite's accounting: FLOP counts from the layer shapes, interleaved timing, the
+bf16 layout experiment's products, the profile's ranking of trace events, and the accelerator
+check run end to end on the CPU."""
 
+import gzip
 import itertools
+import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from benchmarks import bf16_layouts, run
+from benchmarks import accelerator, bf16_layouts, profile, run
 from vae_jax.config import get_config
 
 
@@ -19,6 +23,112 @@ def test_mlp_flops_per_example_are_counted_from_the_layer_shapes():
     assert forward == 2 * macs
     # backward: input and weight gradients, less the first layer's input gradient
     assert train == 2 * macs + 4 * macs - 2 * 784 * 500 == 4_100_000
+
+
+def test_conv64_flops_are_counted_from_the_dsprites_network():
+    config = run.model_config("conv64", 128)
+    assert (config.conv_features, config.conv_hidden, config.latents) == ((32, 32, 64, 64), 256, 10)
+    # 4x4 taps: output pixels x 16 x in x out per stride-2 convolution, 64 -> 32 -> 16 -> 8 -> 4
+    encoder_convs = [32 * 32 * 16 * 1 * 32, 16 * 16 * 16 * 32 * 32, 8 * 8 * 16 * 32 * 64]
+    encoder_convs.append(4 * 4 * 16 * 64 * 64)
+    dense = [4 * 4 * 64 * 256, 256 * 2 * 10, 10 * 256, 256 * 4 * 4 * 64]
+    decoder_convs = encoder_convs[::-1]  # the transposed convolutions mirror them
+    macs = sum(encoder_convs) + sum(dense) + sum(decoder_convs)
+    forward, train = run.matmul_flops_per_example(config, (64, 64, 1))
+    assert forward == 2 * macs
+    assert train == 3 * forward - 2 * encoder_convs[0]  # no input gradient for the first layer
+    with pytest.raises(ValueError, match="model='conv3d'; expected 'mlp', 'conv' or 'conv64'"):
+        run.model_config("conv3d", 128)
+
+
+def _write_trace(path, processes, events):
+    metadata = [
+        {"ph": "M", "pid": pid, "name": "process_name", "args": {"name": name}}
+        for pid, name in processes.items()
+    ]
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": metadata + events}, f)
+
+
+def test_profile_ranks_the_devices_kernels_by_hlo_op_when_the_trace_has_a_device(tmp_path):
+    def event(pid, name, dur, hlo_op=None):
+        return {"ph": "X", "pid": pid, "name": name, "dur": dur, "args": {"hlo_op": hlo_op}}
+
+    host_events = [event(1, "ThunkExecutor::Execute", 500), event(1, "cudaLaunchKernel", 400)]
+    device_events = [
+        event(2, "loop_add_fusion_kernel", 30, "add_fusion.3"),
+        event(2, "loop_add_fusion_kernel", 40, "add_fusion.3"),
+        event(2, "nvjet_tst_128x256", 50, "dot.1"),
+        event(2, "memcpy", 20),  # no HLO op: named by the event
+    ]
+    trace = tmp_path / "gpu.json.gz"
+    _write_trace(trace, {1: "/host:CPU", 2: "/device:GPU:0"}, host_events + device_events)
+    ranked, where = profile.ranked_ops(str(trace), steps=2)
+    assert where == "device"
+    assert ranked == [("add_fusion.3", 35.0, 1.0), ("dot.1", 25.0, 0.5), ("memcpy", 10.0, 0.5)]
+
+    # On CPU the host runs the ops: its events count, less the executor wrapping them.
+    trace = tmp_path / "cpu.json.gz"
+    _write_trace(
+        trace,
+        {1: "/host:CPU"},
+        [event(1, "ThunkExecutor::Execute", 500)]
+        + [
+            event(1, "ynn_fusion.8", 60, "ynn_fusion.8"),
+            event(1, "dot.36", 20, "dot.36"),
+        ],
+    )
+    ranked, where = profile.ranked_ops(str(trace), steps=1)
+    assert where == "host"
+    assert ranked == [("ynn_fusion.8", 60.0, 1.0), ("dot.36", 20.0, 1.0)]
+
+
+def test_accelerator_check_runs_end_to_end_and_its_figures_agree(tmp_path):
+    output = tmp_path / "accelerator.json"
+    # fmt: off
+    report = accelerator.main([
+        "--peak_size", "128", "--mlp_steps", "2", "--conv_images", "32",
+        "--conv_batch_sizes", "16", "--repeats", "1", "--profile_steps", "1", "--top", "5",
+        "--trace_dir", str(tmp_path / "trace"), "--output", str(output),
+    ])
+    # fmt: on
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    assert report["environment"]["platform"] == "cpu"
+    assert report["environment"]["versions"]["jax"]
+    peak = report["peak"]
+    assert peak["n"] == 128 and peak["bf16"] > 0 and peak["f32"] > 0
+
+    mlp = report["mlp"]
+    for name in ("vae_jax", "vae_jax_bf16", "jax_loop"):
+        row = mlp[name]
+        # 2 steps of 128 scaled to a 50,000-example epoch
+        assert row["seconds_per_epoch"] == pytest.approx(row["ms_per_step"] / 1e3 * 50_000 / 128)
+        assert row["compile_seconds"] > 0
+    assert mlp["meets_target"] == (mlp["vae_jax"]["seconds_per_epoch"] < 0.025)
+
+    _, train_flops = run.matmul_flops_per_example(run.model_config("conv64", 16), (64, 64, 1))
+    assert [(r["batch_size"], r["dtype"]) for r in report["conv64"]] == [
+        (16, "bfloat16"),
+        (16, "float32"),
+    ]
+    for row in report["conv64"]:
+        assert row["steps_timed"] == 2  # one pass over the 32 images
+        assert row["examples_per_second"] == pytest.approx(16_000 / row["ms_per_step"])
+        achieved = row["examples_per_second"] * train_flops
+        assert row["fraction_of_bf16_peak"] * peak["bf16"] == pytest.approx(achieved)
+        assert row["fraction_of_f32_peak"] * peak["f32"] == pytest.approx(achieved)
+
+    traced = report["profile"]
+    assert traced["events_from"] == "host" and 1 <= len(traced["ops"]) <= 5
+    assert traced["ops"][0]["us_per_step"] >= traced["ops"][-1]["us_per_step"] > 0
+    assert any("conv" in op["traced_at"] for op in traced["ops"])
+
+
+def test_accelerator_check_rejects_a_batch_larger_than_its_images(capsys):
+    with pytest.raises(SystemExit):
+        accelerator.main(["--conv_images", "32", "--conv_batch_sizes", "16,64"])
+    error = capsys.readouterr().err
+    assert "--conv_batch_sizes=16,64: each must be in [1, --conv_images=32]" in error
 
 
 def test_interleaved_timing_runs_every_variant_once_per_round_in_turn():
