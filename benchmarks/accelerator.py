@@ -2,8 +2,8 @@
 
     python -m benchmarks.accelerator --output $OUT/accelerator.json
 
-It compiles ten programs, times nine of them five times each and traces one (not yet run on an
-accelerator: none has been lent). It records, with the device and the package versions:
+It compiles nine programs, times each five times and traces one of them once more (not yet run
+on an accelerator: none has been lent). It records, with the device and the package versions:
 
   peak          the device's matmul rate on an n³ product (n = 8192 on an accelerator, 2048 on
                 a CPU), bf16 and f32 operands with f32 sums: the limits the rest is measured
@@ -17,8 +17,9 @@ accelerator: none has been lent). It records, with the device and the package ve
                 latents) at large batches, in bf16 and f32, on dSprites images rendered on the
                 device: examples per second and its matrix-product FLOP/s as a fraction of the
                 bf16 and f32 peaks (FLOPs counted from the layer shapes, as `benchmarks.run`);
-  profile       the bf16 conv64 step at the largest batch traced with `jax.profiler`, its ops
-                ranked by time (on an accelerator the device's kernels, by the HLO op each runs).
+  profile       the timed bf16 conv64 program at the largest batch, traced with `jax.profiler`:
+                its ops ranked by time (on an accelerator the device's kernels, by the HLO op
+                each runs).
 
 Every figure is the best of `--repeats` timings of a compiled program, after a warm-up.
 
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import profile, run
-from vae_jax import data, train
+from vae_jax import data
 from vae_jax.data import dsprites
 
 MLP_BATCH = 128
@@ -102,16 +103,19 @@ def measure_mlp(images, images_on_device, steps: int, repeats: int) -> dict:
     return result
 
 
-def measure_conv64(images, batch_sizes, repeats: int, peaks: dict) -> list[dict]:
+def measure_conv64(
+    images, batch_sizes, dtypes, repeats: int, peaks: dict
+) -> tuple[list[dict], run.Timed | None]:
     """examples/s of the conv64 model per batch size and dtype, with its matrix-product FLOP/s
-    as a fraction of each peak. Each timing is one pass over `images` (the steps that fit)."""
+    as a fraction of each peak. Each timing is one pass over `images` (the steps that fit).
+    Also returns the bf16 variant at the largest batch (None without bf16), for the profile."""
     _, train_flops = run.matmul_flops_per_example(
         run.model_config("conv64", MLP_BATCH), images.shape[1:]
     )
-    results = []
-    for batch_size in batch_sizes:
+    results, largest_bf16 = [], None
+    for batch_size in sorted(batch_sizes):
         steps = images.shape[0] // batch_size
-        for dtype in ("bfloat16", "float32"):
+        for dtype in dtypes:
             timed = run.prepare_vae_jax("conv64", batch_size, dtype, images, images, steps)
             seconds = best_seconds(timed, repeats)
             per_second = steps * batch_size / seconds
@@ -130,26 +134,21 @@ def measure_conv64(images, batch_sizes, repeats: int, peaks: dict) -> list[dict]
                     "fraction_of_f32_peak": flops_per_second / peaks["f32"],
                 }
             )
-    return results
+            if dtype == "bfloat16":
+                largest_bf16 = timed
+    return results, largest_bf16
 
 
-def profile_conv64(images, batch_size: int, steps: int, trace_dir: str, top: int) -> dict:
-    """The bf16 conv64 epoch traced: its `top` ops by time per step."""
-    _, state, step = run._jax_setup("conv64", batch_size, "bfloat16", images)
-    steps = min(steps, images.shape[0] // batch_size)
-    program = (
-        jax.jit(
-            train.make_train_epoch(step, batch_size, images.shape[0] // batch_size, steps),
-            donate_argnums=0,
-        )
-        .lower(state, images)
-        .compile()
+def profile_conv64(timed: run.Timed, images, row: dict, trace_dir: str, top: int) -> dict:
+    """The timed bf16 conv64 program (`row` is its result) traced once more: its `top` ops by
+    time per step. Tracing the program that was timed costs no second compilation."""
+    traced = profile.profile_epoch(
+        timed.program, timed.latest_state(), images, row["steps_timed"], trace_dir
     )
-    traced = profile.profile_epoch(program, state, images, steps, trace_dir)
     return {
-        "batch_size": batch_size,
-        "dtype": "bfloat16",
-        "steps": steps,
+        "batch_size": row["batch_size"],
+        "dtype": row["dtype"],
+        "steps": row["steps_timed"],
         "ms_per_step_untraced": traced["step_us"] / 1e3,
         "events_from": traced["where"],
         "trace": traced["trace"],
@@ -206,6 +205,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--conv_batch_sizes", default="1024,4096" if on_accelerator else "64", help="conv64"
     )
+    parser.add_argument("--conv_dtypes", default="bfloat16,float32", help="conv64")
     parser.add_argument(
         "--conv_images",
         type=int,
@@ -213,7 +213,12 @@ def main(argv=None) -> dict:
         help="dSprites images rendered for the conv64 timings (each timing is one pass)",
     )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--profile_steps", type=int, default=10, help="0: no profile")
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="trace the bf16 conv64 program at the largest batch",
+    )
     parser.add_argument("--top", type=int, default=15, help="ops of the profile to keep")
     parser.add_argument("--trace_dir", default="benchmarks/results/accelerator_trace")
     parser.add_argument("--output", default="benchmarks/results/accelerator.json")
@@ -224,6 +229,9 @@ def main(argv=None) -> dict:
             f"--conv_batch_sizes={args.conv_batch_sizes}: each must be in [1, --conv_images="
             f"{args.conv_images}]"
         )
+    conv_dtypes = args.conv_dtypes.split(",")
+    if not conv_dtypes or not set(conv_dtypes) <= {"bfloat16", "float32"}:
+        parser.error(f"--conv_dtypes={args.conv_dtypes}: expected bfloat16 and/or float32")
     if not 1 <= args.mlp_steps <= 390:
         parser.error(f"--mlp_steps={args.mlp_steps} must be in [1, 390] (one epoch at batch 128)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
@@ -247,11 +255,12 @@ def main(argv=None) -> dict:
     mnist = data.load_binarized_mnist().split("train")
     report["mlp"] = measure_mlp(mnist, jax.device_put(mnist), args.mlp_steps, args.repeats)
     images64 = dsprites_images(args.conv_images)
-    report["conv64"] = measure_conv64(images64, conv_batch_sizes, args.repeats, report["peak"])
-    if args.profile_steps:
-        report["profile"] = profile_conv64(
-            images64, max(conv_batch_sizes), args.profile_steps, args.trace_dir, args.top
-        )
+    report["conv64"], largest_bf16 = measure_conv64(
+        images64, conv_batch_sizes, conv_dtypes, args.repeats, report["peak"]
+    )
+    if args.profile and largest_bf16 is not None:
+        row = [r for r in report["conv64"] if r["dtype"] == "bfloat16"][-1]
+        report["profile"] = profile_conv64(largest_bf16, images64, row, args.trace_dir, args.top)
     report["seconds"] = time.perf_counter() - started
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)

@@ -47,6 +47,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -165,11 +166,14 @@ def _jax_setup(model_name, batch_size, dtype, images):
 class Timed:
     """A variant ready to time: `run()` does the timed work once and returns its seconds (the
     result synchronised); `compile_seconds` is what it took to get ready; `details()` adds
-    figures to its row after the timings."""
+    figures to its row after the timings. A variant that is one compiled program of
+    (state, images) also gives the `program` and `latest_state()`, to be traced as timed."""
 
     run: Callable[[], float]
     compile_seconds: float | None = None
     details: Callable[[], dict] = dict
+    program: Any = None
+    latest_state: Callable[[], Any] | None = None
 
 
 def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_steps) -> Timed:
@@ -208,6 +212,8 @@ def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num
     def details() -> dict:
         return {"loop": loop, "final_loss": float(np.mean(carried["metrics"]["loss"]))}
 
+    if loop == "scan":
+        return Timed(run, compile_seconds, details, program, lambda: carried["state"])
     return Timed(run, compile_seconds, details)
 
 

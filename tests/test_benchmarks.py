@@ -88,7 +88,7 @@ def test_accelerator_check_runs_end_to_end_and_its_figures_agree(tmp_path):
     # fmt: off
     report = accelerator.main([
         "--peak_size", "128", "--mlp_steps", "2", "--conv_images", "32",
-        "--conv_batch_sizes", "16", "--repeats", "1", "--profile_steps", "1", "--top", "5",
+        "--conv_batch_sizes", "16", "--conv_dtypes", "bfloat16", "--repeats", "1", "--top", "5",
         "--trace_dir", str(tmp_path / "trace"), "--output", str(output),
     ])
     # fmt: on
@@ -107,10 +107,7 @@ def test_accelerator_check_runs_end_to_end_and_its_figures_agree(tmp_path):
     assert mlp["meets_target"] == (mlp["vae_jax"]["seconds_per_epoch"] < 0.025)
 
     _, train_flops = run.matmul_flops_per_example(run.model_config("conv64", 16), (64, 64, 1))
-    assert [(r["batch_size"], r["dtype"]) for r in report["conv64"]] == [
-        (16, "bfloat16"),
-        (16, "float32"),
-    ]
+    assert [(r["batch_size"], r["dtype"]) for r in report["conv64"]] == [(16, "bfloat16")]
     for row in report["conv64"]:
         assert row["steps_timed"] == 2  # one pass over the 32 images
         assert row["examples_per_second"] == pytest.approx(16_000 / row["ms_per_step"])
@@ -120,15 +117,26 @@ def test_accelerator_check_runs_end_to_end_and_its_figures_agree(tmp_path):
 
     traced = report["profile"]
     assert traced["events_from"] == "host" and 1 <= len(traced["ops"]) <= 5
+    assert (traced["batch_size"], traced["dtype"], traced["steps"]) == (16, "bfloat16", 2)
     assert traced["ops"][0]["us_per_step"] >= traced["ops"][-1]["us_per_step"] > 0
     assert any("conv" in op["traced_at"] for op in traced["ops"])
 
 
-def test_accelerator_check_rejects_a_batch_larger_than_its_images(capsys):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--conv_images", "32", "--conv_batch_sizes", "16,64"],
+            "--conv_batch_sizes=16,64: each must be in [1, --conv_images=32]",
+        ),
+        (["--conv_dtypes", "bfloat16,fp8"], "--conv_dtypes=bfloat16,fp8: expected bfloat16"),
+        (["--mlp_steps", "391"], "--mlp_steps=391 must be in [1, 390]"),
+    ],
+)
+def test_accelerator_check_rejects_bad_flags_before_any_work(flags, message, capsys):
     with pytest.raises(SystemExit):
-        accelerator.main(["--conv_images", "32", "--conv_batch_sizes", "16,64"])
-    error = capsys.readouterr().err
-    assert "--conv_batch_sizes=16,64: each must be in [1, --conv_images=32]" in error
+        accelerator.main(flags)
+    assert message in capsys.readouterr().err
 
 
 def test_interleaved_timing_runs_every_variant_once_per_round_in_turn():
