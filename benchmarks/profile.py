@@ -38,7 +38,8 @@ import jax
 from benchmarks.run import _jax_setup
 from vae_jax import data, train
 
-# Events that wrap others (the executor, thread-pool waits, Python frames): not ops.
+# Events that wrap others (the executor, thread-pool waits, Python frames): not ops. Used only
+# for a CPU trace whose op events carry no `hlo_op` annotation.
 _WRAPPERS = re.compile(r"^(\$|ThunkExecutor|SlinkyThreadPool|PjRt|TfrtCpu|Execute|jit_)")
 
 
@@ -50,44 +51,71 @@ def op_names(hlo_text: str) -> dict[str, str]:
     return names
 
 
-def _device_pids(events: list[dict]) -> set:
-    """The trace's processes that are devices (`/device:GPU:0`, `/device:TPU:0`, ...), not hosts."""
-    return {
+def _device_lanes(events: list[dict]) -> set:
+    """(pid, tid) of the lanes where a device's own work is recorded: the trace's device
+    processes (`/device:GPU:0`, `/device:TPU:0`, ...) and, where they have any, only their
+    `Stream ...` threads. XProf adds lanes such as `XLA Modules` and `XLA Ops` to a GPU, which
+    span the same time again (one event per program, one per op) and would count it twice."""
+    device_pids = {
         event["pid"]
         for event in events
         if event.get("ph") == "M"
         and event.get("name") == "process_name"
         and "/device:" in event.get("args", {}).get("name", "")
     }
+    threads = {
+        (event["pid"], event.get("tid")): event.get("args", {}).get("name", "")
+        for event in events
+        if event.get("ph") == "M"
+        and event.get("name") == "thread_name"
+        and event.get("pid") in device_pids
+    }
+    lanes = set()
+    for pid in device_pids:
+        streams = {lane for lane, name in threads.items() if lane[0] == pid and "Stream" in name}
+        lanes |= streams or {(pid, None)}  # None: every thread of that process
+    return lanes
+
+
+def _hlo_op(event: dict) -> str | None:
+    return event.get("args", {}).get("hlo_op")
 
 
 def ranked_ops(trace_file: str, steps: int) -> tuple[list[tuple[str, float, float]], str]:
     """([(op, microseconds per step, calls per step)] by time, where the events were).
 
-    On an accelerator the ops are the device's events (kernels, named by the HLO op they run
-    where the trace says so), since the host's events there only launch them; on CPU, where the
-    host runs the ops, they are the host's events less the wrappers around them.
+    On an accelerator the ops are the device's events on its streams (kernels, named by the HLO
+    op they run where the trace says so), since the host's events there only launch them. On
+    CPU the host runs the ops: they are its events annotated with an `hlo_op` (the wrappers
+    around them, such as `PjitFunction(...)` or `ThunkExecutor::Execute`, and Python's frames
+    have none), or, in a trace without such annotations, its events less known wrappers.
     """
     with gzip.open(trace_file) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
-    device_pids = _device_pids(events)
+    lanes = _device_lanes(events)
+    annotated = any(_hlo_op(event) for event in events if event.get("ph") == "X")
     total = collections.Counter()
     count = collections.Counter()
     for event in events:
         if event.get("ph") != "X":
             continue
-        if device_pids:
-            if event.get("pid") not in device_pids:
+        if lanes:
+            pid = event.get("pid")
+            if (pid, event.get("tid")) not in lanes and (pid, None) not in lanes:
                 continue
-            name = event.get("args", {}).get("hlo_op") or event["name"]
+            name = _hlo_op(event) or event["name"]
+        elif annotated:
+            name = _hlo_op(event)
+            if not name:
+                continue
         elif _WRAPPERS.match(event["name"]):
             continue
         else:
             name = event["name"]
         total[name] += event.get("dur", 0)
         count[name] += 1
-    where = "device" if device_pids else "host"
+    where = "device" if lanes else "host"
     return [(name, us / steps, count[name] / steps) for name, us in total.most_common()], where
 
 
