@@ -6,11 +6,13 @@ ranked by time per step, each named with the model operation it came from.
     python -m benchmarks.profile --model conv --steps 20
 
 It compiles the same program `python -m vae_jax.main` runs (`train.make_train_epoch` over
-`--steps` steps), runs it once to warm up, traces a second run, and sums the trace's complete
-events by name. It also times an untraced run, since tracing has a cost. For each XLA op (a fusion, a library call such as `ynn_fusion`, a dot) it prints
-microseconds per step, its share of the untraced step time, and the `op_name` of its HLO metadata,
-e.g. `transpose(jvp(VAE.decode))/decoder/Dense_1/dot_general` for a weight gradient. The trace
-is kept in `--trace_dir` for TensorBoard or Perfetto.
+`--steps` steps), runs it once to warm up, times an untraced run (tracing has a cost), traces a
+third, and sums the time of each HLO op: on CPU the host's events annotated with an `hlo_op`,
+on an accelerator the kernels on the device's streams (`ranked_ops`). For each op (a fusion, a
+library call such as `ynn_fusion`, a dot) it prints microseconds per step, its share of the
+untraced step time, and the `op_name` of its HLO metadata, e.g.
+`transpose(jvp(VAE.decode))/decoder/Dense_1/dot_general` for a weight gradient. The trace is
+kept in `--trace_dir` for TensorBoard or Perfetto.
 
 On CPU the per-op events need XLA's `--xla_cpu_enable_xprof_traceme`, which this module adds to
 XLA_FLAGS before JAX starts.
