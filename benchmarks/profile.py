@@ -54,10 +54,11 @@ def op_names(hlo_text: str) -> dict[str, str]:
 
 
 def _device_lanes(events: list[dict]) -> set:
-    """(pid, tid) of the lanes where a device's own work is recorded: the trace's device
-    processes (`/device:GPU:0`, `/device:TPU:0`, ...) and, where they have any, only their
-    `Stream ...` threads. XProf adds lanes such as `XLA Modules` and `XLA Ops` to a GPU, which
-    span the same time again (one event per program, one per op) and would count it twice."""
+    """(pid, tid) of the lanes where a device's own work is recorded, once: in each of the
+    trace's device processes (`/device:GPU:0`, `/device:TPU:0`, ...) its `Stream ...` threads
+    (a GPU's kernels), else its `XLA Ops` thread, else all of it. XProf adds lanes such as
+    `XLA Modules` (one event per program) and, on a GPU, `XLA Ops` beside the streams: they span
+    the same time again and would count it twice."""
     device_pids = {
         event["pid"]
         for event in events
@@ -75,7 +76,8 @@ def _device_lanes(events: list[dict]) -> set:
     lanes = set()
     for pid in device_pids:
         streams = {lane for lane, name in threads.items() if lane[0] == pid and "Stream" in name}
-        lanes |= streams or {(pid, None)}  # None: every thread of that process
+        ops = {lane for lane, name in threads.items() if lane[0] == pid and name == "XLA Ops"}
+        lanes |= streams or ops or {(pid, None)}  # None: every thread of that process
     return lanes
 
 

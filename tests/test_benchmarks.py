@@ -86,9 +86,16 @@ def test_profile_ranks_the_devices_kernels_by_hlo_op_when_the_trace_has_a_device
     assert where == "device"
     assert ranked == [("add_fusion.3", 35.0, 1.0), ("dot.1", 25.0, 0.5), ("memcpy", 10.0, 0.5)]
 
-    # A device process with no named streams: all its events count.
+    # A device without streams (a TPU): its XLA Ops lane, not the program's span beside it.
     trace = tmp_path / "tpu.json.gz"
-    _write_trace(trace, {1: "/host:CPU", 2: "/device:TPU:0"}, host_events + kernels)
+    tpu_threads = [(2, 100, "XLA Modules"), (2, 101, "XLA Ops")]
+    _write_trace(trace, {1: "/host:CPU", 2: "/device:TPU:0"}, host_events + derived, tpu_threads)
+    ranked, where = profile.ranked_ops(str(trace), steps=1)
+    assert (ranked, where) == ([("add_fusion.3", 70.0, 1.0), ("dot.1", 50.0, 1.0)], "device")
+
+    # A device process with no named lanes at all: all its events count.
+    trace = tmp_path / "plain_device.json.gz"
+    _write_trace(trace, {1: "/host:CPU", 2: "/device:GPU:0"}, host_events + kernels)
     ranked, where = profile.ranked_ops(str(trace), steps=1)
     assert where == "device" and [name for name, _, _ in ranked] == [
         "add_fusion.3",
