@@ -21,7 +21,9 @@ on an accelerator: none has been lent). It records, with the device and the pack
                 its ops ranked by time (on an accelerator the device's kernels, by the HLO op
                 each runs).
 
-Every figure is the best of `--repeats` timings of a compiled program, after a warm-up.
+Every figure is the best of `--repeats` timings of a compiled program, after a warm-up; the
+variants compared with each other (the MLP's three, each batch's dtypes) are timed in turn,
+round by round (`run.time_interleaved`), so that a slow spell touches all of them alike.
 
 The project's packages are on the lent H200 image except ml_collections, which travels as a
 wheel (see the README's "Accelerators" section for the whole device command).
@@ -73,10 +75,6 @@ def dsprites_images(count: int, seed: int = 0) -> jax.Array:
     return jax.jit(dsprites.render)(jnp.asarray(factors))
 
 
-def best_seconds(timed: run.Timed, repeats: int) -> float:
-    return min(timed.run() for _ in range(repeats))
-
-
 def measure_mlp(images, images_on_device, steps: int, repeats: int) -> dict:
     """Seconds per 50,000-example epoch of the default MLP at batch 128: vae_jax in f32 and bf16,
     and the per-step jitted loop."""
@@ -91,8 +89,9 @@ def measure_mlp(images, images_on_device, steps: int, repeats: int) -> dict:
     }
     scale = run.EPOCH_EXAMPLES / (steps * MLP_BATCH)
     result = {"batch_size": MLP_BATCH, "steps_timed": steps}
+    timings = run.time_interleaved(variants, repeats)
     for name, timed in variants.items():
-        seconds = best_seconds(timed, repeats)
+        seconds = min(timings[name])
         result[name] = {
             "seconds_per_epoch": seconds * scale,
             "ms_per_step": seconds / steps * 1e3,
@@ -115,9 +114,13 @@ def measure_conv64(
     results, largest_bf16 = [], None
     for batch_size in sorted(batch_sizes):
         steps = images.shape[0] // batch_size
-        for dtype in dtypes:
-            timed = run.prepare_vae_jax("conv64", batch_size, dtype, images, images, steps)
-            seconds = best_seconds(timed, repeats)
+        variants = {
+            dtype: run.prepare_vae_jax("conv64", batch_size, dtype, images, images, steps)
+            for dtype in dtypes
+        }
+        timings = run.time_interleaved(variants, repeats)
+        for dtype, timed in variants.items():
+            seconds = min(timings[dtype])
             per_second = steps * batch_size / seconds
             flops_per_second = per_second * train_flops
             results.append(
@@ -223,7 +226,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--trace_dir", default="benchmarks/results/accelerator_trace")
     parser.add_argument("--output", default="benchmarks/results/accelerator.json")
     args = parser.parse_args(argv)
-    conv_batch_sizes = [int(b) for b in args.conv_batch_sizes.split(",")]
+    for flag in ("peak_size", "repeats", "top"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag}={getattr(args, flag)} must be at least 1")
+    try:
+        conv_batch_sizes = [int(b) for b in args.conv_batch_sizes.split(",")]
+    except ValueError:
+        parser.error(
+            f"--conv_batch_sizes={args.conv_batch_sizes}: expected integers, e.g. 1024,4096"
+        )
     if min(conv_batch_sizes) < 1 or max(conv_batch_sizes) > args.conv_images:
         parser.error(
             f"--conv_batch_sizes={args.conv_batch_sizes}: each must be in [1, --conv_images="
@@ -234,7 +245,10 @@ def main(argv=None) -> dict:
         parser.error(f"--conv_dtypes={args.conv_dtypes}: expected bfloat16 and/or float32")
     if not 1 <= args.mlp_steps <= 390:
         parser.error(f"--mlp_steps={args.mlp_steps} must be in [1, 390] (one epoch at batch 128)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    try:  # before any work: the report must have somewhere to go
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output={args.output}: its folder cannot be created ({error.strerror})")
 
     started = time.perf_counter()
     report = {"environment": environment()}

@@ -177,9 +177,20 @@ def test_accelerator_check_runs_end_to_end_and_its_figures_agree(tmp_path):
         ),
         (["--conv_dtypes", "bfloat16,fp8"], "--conv_dtypes=bfloat16,fp8: expected bfloat16"),
         (["--mlp_steps", "391"], "--mlp_steps=391 must be in [1, 390]"),
+        (["--conv_batch_sizes", "1024,4k"], "--conv_batch_sizes=1024,4k: expected integers"),
+        (["--repeats", "0"], "--repeats=0 must be at least 1"),
+        (["--peak_size", "0"], "--peak_size=0 must be at least 1"),
+        (
+            ["--output", "/proc/no/such/report.json"],
+            "--output=/proc/no/such/report.json: its folder",
+        ),
     ],
 )
-def test_accelerator_check_rejects_bad_flags_before_any_work(flags, message, capsys):
+def test_accelerator_check_rejects_bad_flags_before_any_work(flags, message, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the flags were checked")
+
+    monkeypatch.setattr(accelerator, "environment", no_work)
     with pytest.raises(SystemExit):
         accelerator.main(flags)
     assert message in capsys.readouterr().err
