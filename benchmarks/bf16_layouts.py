@@ -96,7 +96,9 @@ def feature_major_products(x, h_t, g_hidden_t, g_out_t, w_in_t, w_out, w_out_t_c
     )
 
 
-def _operands(batch_size: int):
+def operands(batch_size: int):
+    """Random activations, gradients and weights of the MLP's two wide layers at `batch_size`
+    (fixed key): the five products' inputs."""
     keys = jax.random.split(jax.random.key(0), 6)
     return {
         "x": jax.random.normal(keys[0], (batch_size, PIXELS)),
@@ -111,7 +113,7 @@ def _operands(batch_size: int):
 def make_epoch(arrangement: str, batch_size: int, num_steps: int):
     """A compiled scan of `num_steps` steps of the five products and an SGD update, and the
     carry it starts from. The activations shift with the step so nothing can be hoisted."""
-    o = _operands(batch_size)
+    o = operands(batch_size)
     learning_rate = 1e-9
 
     if arrangement == "bf16_feature_major":

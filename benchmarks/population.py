@@ -7,7 +7,7 @@ Both sides train the default model (MLP 784-500-20, Bernoulli, Adam 1e-3, f32, b
 
   population   `population.make_population_epoch`: every member's epoch in one compiled call,
                the vmapped form of what `vae_jax.population.train_population` runs;
-  sequential   `train.make_train_epoch` compiled once and run for each seed in turn, the epochs
+  sequential   `make_train_epoch` compiled once and run for each seed in turn, the epochs
                of K single runs (what K calls of `python -m vae_jax.main` would train).
 
 Compilation is excluded from the timed epochs and reported separately; so are initialisation and
@@ -33,8 +33,12 @@ import time
 import jax
 import numpy as np
 
-from vae_jax import data, models, objectives, population, train
+from vae_jax import data, models, objectives, population
 from vae_jax.config import get_config
+from vae_jax.evaluation import make_evaluate, pad_to_multiple
+from vae_jax.optim import build_optimizer
+from vae_jax.rng import EVAL_STREAM, stream_key
+from vae_jax.step import create_train_state, make_train_epoch, make_train_step
 
 METRICS = ("elbo", "kl", "recon", "loss")
 
@@ -52,9 +56,9 @@ def _epoch_means(step_metrics: dict) -> dict:
 
 
 def initial_population(config, model, images, schedule_steps):
-    """The population's initial state (leaves (K, ...)) and its (betas, learning_rates)."""
+    """The population's initial state (leaves (K, ...)) and its traced hyperparameters."""
     members = [population.member_config(config, k) for k in range(config.population_size)]
-    optimizer = train.build_optimizer(config, schedule_steps)
+    optimizer = build_optimizer(config, schedule_steps)
     state = population.initial_population_state(
         model, optimizer, images.shape[1:], config.latents, [m.seed for m in members]
     )
@@ -63,9 +67,9 @@ def initial_population(config, model, images, schedule_steps):
 
 def initial_singles(config, model, images, schedule_steps):
     """Each seed's initial single-model state, as `train.train_and_evaluate` creates it."""
-    optimizer = train.build_optimizer(config, schedule_steps)
+    optimizer = build_optimizer(config, schedule_steps)
     return [
-        train.create_train_state(model, optimizer, images.shape[1:], config.latents, seed)
+        create_train_state(model, optimizer, images.shape[1:], config.latents, seed)
         for seed in range(config.seed, config.seed + config.population_size)
     ]
 
@@ -77,9 +81,9 @@ def population_epoch(config, model, steps, schedule_steps, num_steps):
 
 def single_epoch(config, model, steps, schedule_steps, num_steps):
     """The single run's epoch, built as `train.train_and_evaluate` builds it."""
-    optimizer = train.build_optimizer(config, schedule_steps)
-    train_step = train.make_train_step(objectives.make_elbo_loss(model, config.beta), optimizer)
-    return train.make_train_epoch(train_step, config.batch_size, steps, num_steps)
+    optimizer = build_optimizer(config, schedule_steps)
+    train_step = make_train_step(objectives.make_elbo_loss(model, config.beta), optimizer)
+    return make_train_epoch(train_step, config.batch_size, steps, num_steps)
 
 
 def _timed(program, *args):
@@ -111,12 +115,12 @@ def compare(model, test_images, population_state, population_history, states, hi
     (about 1e-1 after 780 steps), as it would any rounding; the model's figures stay equal.
     """
     count = len(test_images)
-    evaluate = jax.jit(train.make_evaluate(model, 1000, count))
-    padded = jax.device_put(train.pad_to_multiple(test_images, 1000))
+    evaluate = jax.jit(make_evaluate(model, 1000, count))
+    padded = jax.device_put(pad_to_multiple(test_images, 1000))
     rows = []
     for k, (single, history) in enumerate(zip(states, histories)):
         member = population.member_state(population_state, k)
-        eval_key = train.stream_key(single.key, train.EVAL_STREAM)
+        eval_key = stream_key(single.key, EVAL_STREAM)
         member_elbo = float(evaluate(member.params, padded, eval_key)["elbo"])
         single_elbo = float(evaluate(single.params, padded, eval_key)["elbo"])
         differences = {
@@ -146,7 +150,7 @@ def short_horizon_distances(config, model, images, steps, horizon):
     before training has amplified the different rounding: this one is held to a tolerance."""
     state, hyperparameters = initial_population(config, model, images, steps)
     state, _ = jax.jit(population_epoch(config, model, steps, steps, horizon))(
-        state, *hyperparameters, images
+        state, hyperparameters, images
     )
     single_fn = jax.jit(single_epoch(config, model, steps, steps, horizon))
     return [
@@ -183,7 +187,7 @@ def main() -> None:
     pop_program, pop_compile = _timed_compile(
         population_epoch(config, model, steps, schedule_steps, steps),
         pop_state,
-        *hyperparameters,
+        hyperparameters,
         images,
     )
     states = initial_singles(config, model, images, schedule_steps)
@@ -194,7 +198,7 @@ def main() -> None:
     pop_seconds = seq_seconds = 0.0
     pop_history, histories = [], [[] for _ in states]
     for _ in range(epochs):
-        (pop_state, metrics), seconds = _timed(pop_program, pop_state, *hyperparameters, images)
+        (pop_state, metrics), seconds = _timed(pop_program, pop_state, hyperparameters, images)
         pop_seconds += seconds
         pop_history.append(_epoch_means(metrics))
         for k in range(size):

@@ -5,7 +5,7 @@ ranked by time per step, each named with the model operation it came from.
     python -m benchmarks.profile --dtype bfloat16 --batch_size 4096
     python -m benchmarks.profile --model conv --steps 20
 
-It compiles the same program `python -m vae_jax.main` runs (`train.make_train_epoch` over
+It compiles the same program `python -m vae_jax.main` runs (`make_train_epoch` over
 `--steps` steps), runs it once to warm up, times an untraced run (tracing has a cost), traces a
 third, and sums the time of each HLO op: on CPU the host's events annotated with an `hlo_op`,
 on an accelerator the kernels on the device's streams (`ranked_ops`). For each op (a fusion, a
@@ -37,8 +37,9 @@ import time
 
 import jax
 
-from benchmarks.run import _jax_setup
-from vae_jax import data, train
+from benchmarks.run import jax_setup
+from vae_jax import data
+from vae_jax.step import make_train_epoch
 
 # Events that wrap others (the executor, thread-pool waits, Python frames): not ops. Used only
 # for a CPU trace whose op events carry no `hlo_op` annotation.
@@ -177,13 +178,13 @@ def main() -> None:
 
     images = data.load_binarized_mnist().split("train")
     images_on_device = jax.device_put(images)
-    _, state, step = _jax_setup(args.model, args.batch_size, args.dtype, images)
+    _, state, step = jax_setup(args.model, args.batch_size, args.dtype, images)
     steps_per_epoch = images.shape[0] // args.batch_size
     if not 1 <= args.steps <= steps_per_epoch:
         parser.error(f"--steps={args.steps} must be in [1, {steps_per_epoch}] at this batch size")
     program = (
         jax.jit(
-            train.make_train_epoch(step, args.batch_size, steps_per_epoch, args.steps),
+            make_train_epoch(step, args.batch_size, steps_per_epoch, args.steps),
             donate_argnums=0,
         )
         .lower(state, images_on_device)

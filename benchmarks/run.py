@@ -9,7 +9,7 @@ For each model (the default MLP 784-500-20 and the conv model of experiments/con
 binarized MNIST) and batch size it times the same number of Adam steps of:
 
   vae_jax         what `python -m vae_jax.main` runs, f32: the steps as one compiled `lax.scan`
-                  with on-device shuffling and gathering (`train.make_train_epoch`);
+                  with on-device shuffling and gathering (`make_train_epoch`);
   vae_jax_bf16    the same with `--config.dtype=bfloat16` (bf16 products, f32 sums and weights);
   jax_loop        the typical JAX loop: a Python loop over one jitted step, batches gathered
                   from the device-resident split;
@@ -53,8 +53,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, models, objectives, train
+from vae_jax import data, models, objectives
 from vae_jax.config import get_config
+from vae_jax.engine import choose_step_loop
+from vae_jax.optim import build_optimizer
+from vae_jax.step import create_train_state, make_host_loop_epoch, make_train_epoch, make_train_step
 
 EPOCH_EXAMPLES = 50_000
 
@@ -153,12 +156,12 @@ def matmul_rate(
     return 2 * m * k * n / best
 
 
-def _jax_setup(model_name, batch_size, dtype, images):
+def jax_setup(model_name, batch_size, dtype, images):
     config = model_config(model_name, batch_size, dtype)
     model = models.build_model(config, images.shape[1:])
-    optimizer = train.build_optimizer(config, 1000)
-    state = train.create_train_state(model, optimizer, images.shape[1:], config.latents, 0)
-    step = train.make_train_step(objectives.make_elbo_loss(model), optimizer)
+    optimizer = build_optimizer(config, 1000)
+    state = create_train_state(model, optimizer, images.shape[1:], config.latents, 0)
+    step = make_train_step(objectives.make_elbo_loss(model), optimizer)
     return config, state, step
 
 
@@ -177,23 +180,23 @@ class Timed:
 
 
 def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_steps) -> Timed:
-    """What `python -m vae_jax.main` runs: `train.EpochRunner`'s device pipeline, its steps in
+    """What `python -m vae_jax.main` runs: `EpochRunner`'s device pipeline, its steps in
     one compiled scan (or, with `step_loop='host'`, the compiled step called per step)."""
-    config, state, step = _jax_setup(model_name, batch_size, dtype, images)
+    config, state, step = jax_setup(model_name, batch_size, dtype, images)
     steps_per_epoch = images.shape[0] // batch_size
-    loop = train.choose_step_loop(config)
+    loop = choose_step_loop(config)
     started = time.perf_counter()
     if loop == "scan":
         program = (
             jax.jit(
-                train.make_train_epoch(step, batch_size, steps_per_epoch, num_steps),
+                make_train_epoch(step, batch_size, steps_per_epoch, num_steps),
                 donate_argnums=0,
             )
             .lower(state, images_on_device)
             .compile()
         )
     else:
-        program = train.make_host_loop_epoch(step, batch_size, steps_per_epoch, num_steps)(
+        program = make_host_loop_epoch(step, batch_size, steps_per_epoch, num_steps)(
             state, images_on_device
         )
     compile_seconds = time.perf_counter() - started
@@ -278,7 +281,7 @@ def prepare_products_only(batch_size: int, images, num_steps: int, dtype="float3
 def prepare_jax_loop(model_name, batch_size, images, images_on_device, num_steps) -> Timed:
     """The typical JAX loop: a Python loop over one jitted step, each batch gathered from the
     device-resident split by a second jitted call, a fresh permutation per pass."""
-    _, state, step = _jax_setup(model_name, batch_size, "float32", images)
+    _, state, step = jax_setup(model_name, batch_size, "float32", images)
     jit_step = jax.jit(step, donate_argnums=0)
     gather = jax.jit(lambda images, indices: images[indices])
     rng = np.random.default_rng(0)

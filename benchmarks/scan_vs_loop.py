@@ -2,10 +2,10 @@
 
     python -m benchmarks.scan_vs_loop [--repeats 5] [--batch_size 128]
 
-All three variants run the same `train.make_train_step` (default model: MLP 784-500-20, Adam 1e-3,
+All three variants run the same `make_train_step` (default model: MLP 784-500-20, Adam 1e-3,
 f32) over the 50,000 training images of binarized MNIST, one epoch of 390 steps at batch 128:
 
-  scan         train.make_train_epoch: shuffle, gather and 390 steps in one compiled call (what
+  scan         make_train_epoch: shuffle, gather and 390 steps in one compiled call (what
                `python -m vae_jax.main` runs);
   loop_device  a Python loop calling the jitted step 390 times, batches gathered from the
                device-resident split (one dispatch per step);
@@ -34,7 +34,7 @@ from vae_jax import data
 
 def prepare_loop_host(batch_size: int, images, num_steps: int) -> run.Timed:
     """The typical loop: shuffle in NumPy and feed each host batch to the jitted step."""
-    _, state, step = run._jax_setup("mlp", batch_size, "float32", images)
+    _, state, step = run.jax_setup("mlp", batch_size, "float32", images)
     jit_step = jax.jit(step, donate_argnums=0)
     rng = np.random.default_rng(0)
     carried = {}

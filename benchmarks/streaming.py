@@ -2,7 +2,7 @@
 
     python -m benchmarks.streaming [--repeats 5] [--batch_size 128] [--chunk_steps 64]
 
-Runs `train.EpochRunner`, the code `python -m vae_jax.main` trains with, on the 50,000 training
+Runs `EpochRunner`, the code `python -m vae_jax.main` trains with, on the 50,000 training
 images of binarized MNIST with the default model: once with the split on the device (the epoch
 as one compiled scan) and once streamed (batches gathered on the host in the same order,
 prefetched to the device by a background thread in chunks of `--chunk_steps` steps, each chunk
@@ -21,8 +21,12 @@ import time
 import jax
 import numpy as np
 
-from vae_jax import data, models, objectives, train
+from vae_jax import data, models, objectives
 from vae_jax.config import get_config
+from vae_jax.engine import EpochRunner
+from vae_jax.optim import build_optimizer
+from vae_jax.rng import SHUFFLE_STREAM, stream_key
+from vae_jax.step import create_train_state, make_train_step
 
 
 def main() -> None:
@@ -37,13 +41,13 @@ def main() -> None:
     images = data.load_binarized_mnist().split("train")
     steps = images.shape[0] // args.batch_size
     model = models.build_model(config, images.shape[1:])
-    optimizer = train.build_optimizer(config, steps)
-    state = train.create_train_state(model, optimizer, images.shape[1:], config.latents, 0)
-    step = train.make_train_step(objectives.make_elbo_loss(model), optimizer)
-    shuffle_key = train.stream_key(state.key, train.SHUFFLE_STREAM)
+    optimizer = build_optimizer(config, steps)
+    state = create_train_state(model, optimizer, images.shape[1:], config.latents, 0)
+    step = make_train_step(objectives.make_elbo_loss(model), optimizer)
+    shuffle_key = stream_key(state.key, SHUFFLE_STREAM)
 
     runners = {
-        pipeline: train.EpochRunner(
+        pipeline: EpochRunner(
             pipeline, step, images, args.batch_size, steps, shuffle_key, args.chunk_steps
         )
         for pipeline in ("device", "stream")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import run_cli, small_config, snapshot
 
-from vae_jax import objectives, train
+from vae_jax import models, objectives, train
 from vae_jax.config import get_config, validate_config
 from vae_jax.errors import ConfigError, DivergenceError, WorkdirError
 
@@ -69,7 +69,14 @@ def test_invalid_values_are_named_with_what_is_allowed(field, value, message):
         ({"objective": "ae", "kl_warmup_steps": 100}, "kl_warmup_steps=100 with objective='ae'"),
         ({"objective": "dae", "dae_corruption": "gaussian", "dae_noise_level": 0.0}, "sigma > 0"),
         ({"objective": "factor_vae", "batch_size": 1}, "batch_size=1 with objective='factor_vae'"),
-        ({"objective": "iwae", "population_size": 2}, "populations train objective='vae' or"),
+        (
+            {"objective": "iwae", "population_size": 2, "population_weights": (1.0, 2.0)},
+            "objective='iwae', which has no weight to sweep",
+        ),
+        (
+            {"objective": "dae", "population_size": 2, "population_weights": (0.2, 1.5)},
+            "population member 1: dae_noise_level=1.5 must be a fraction in (0, 1)",
+        ),
         ({"population_size": 2, "population_betas": (1.0, 4.0)}, "need objective='beta_vae'"),
     ],
 )
@@ -129,9 +136,9 @@ def test_checkpoint_whose_shapes_differ_from_what_the_code_builds_is_refused(tmp
     train.train_and_evaluate(small_config(num_epochs=1), str(workdir))
     before = snapshot(workdir)
     # Same config, but the code now builds a wider model (as after a change to models.py).
-    original = train.models.build_model
+    original = models.build_model
     monkeypatch.setattr(
-        train.models,
+        models,
         "build_model",
         lambda config, shape: original(small_config(hidden_sizes=(65,)), shape),
     )
@@ -188,7 +195,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_metrics(tmp_path, monkeyp
 
         return poisoned
 
-    monkeypatch.setattr(train.objectives, "make_elbo_loss", poisoned_elbo_loss)
+    monkeypatch.setattr(objectives, "make_elbo_loss", poisoned_elbo_loss)
     with pytest.raises(
         DivergenceError,
         match=r"at step 12 \(epoch 2\).*kl=nan.*checkpoint "

@@ -213,7 +213,7 @@ def test_interleaved_timing_runs_every_variant_once_per_round_in_turn():
 
 
 def test_bf16_layouts_arrange_the_same_five_products():
-    o = bf16_layouts._operands(8)
+    o = bf16_layouts.operands(8)
     exact = bf16_layouts.batch_major_products(*o.values(), jnp.float32)
     batch_major = bf16_layouts.batch_major_products(*o.values(), jnp.bfloat16)
     w_out_t_copy = o["w_out"].T.astype(jnp.bfloat16)

@@ -21,9 +21,12 @@ def test_smoke_run_leaves_a_complete_workdir_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "epoch 1/1 step 8" in first.stderr and "step/s" in first.stderr  # log and progress
     visible = sorted(n for n in os.listdir(workdir) if not n.startswith("."))  # .lock stays
-    assert visible == ["checkpoints", "config.json", "images", "metrics.jsonl"]
+    assert visible == ["checkpoints", "config.json", "images", "metrics.jsonl", "run.json"]
     with open(workdir / "config.json") as f:
         assert json.load(f)["latents"] == 2
+    with open(workdir / "run.json") as f:
+        run_info = json.load(f)
+    assert (run_info["image_shape"], run_info["kind"]) == ([28, 28, 1], "single")
 
     second = run_cli("--workdir", "runs", *SMALL, "--config.num_epochs=2", cwd=tmp_path)
     assert second.returncode == 0, second.stderr

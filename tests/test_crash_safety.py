@@ -13,11 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import small_config, without_timings
+from conftest import run_cli, small_config, without_timings
 
-from vae_jax import checkpoint, models, objectives, outputs, train
+from vae_jax import checkpoint, drawing, models, objectives, train
 from vae_jax import config as config_lib
+from vae_jax import workdir as workdir_lib
+from vae_jax.engine import EpochRunner
 from vae_jax.errors import ConfigError, DivergenceError, Preempted, WorkdirError
+from vae_jax.optim import build_optimizer
+from vae_jax.step import create_train_state
 
 
 def _straight(tmp_path, **overrides):
@@ -26,7 +30,7 @@ def _straight(tmp_path, **overrides):
 
 def _signal_after_calls(monkeypatch, calls: int, signum=signal.SIGTERM):
     """Makes the process receive `signum` right after the `calls`-th training call."""
-    original = train.EpochRunner.run
+    original = EpochRunner.run
     count = {"calls": 0}
 
     def run(self, *args, **kwargs):
@@ -36,7 +40,7 @@ def _signal_after_calls(monkeypatch, calls: int, signum=signal.SIGTERM):
             os.kill(os.getpid(), signum)
         return result
 
-    monkeypatch.setattr(train.EpochRunner, "run", run)
+    monkeypatch.setattr(EpochRunner, "run", run)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -59,7 +63,7 @@ def test_stream_pipeline_stops_between_chunks(tmp_path, monkeypatch):
     config = small_config(num_epochs=2, pipeline="stream", stream_chunk_steps=2)
     straight = _straight(tmp_path, num_epochs=2, pipeline="stream", stream_chunk_steps=2)
     workdir = str(tmp_path / "preempted")
-    original = train.EpochRunner.program
+    original = EpochRunner.program
     calls = {"n": 0}
 
     def program(self, state, num_steps):
@@ -73,7 +77,7 @@ def test_stream_pipeline_stops_between_chunks(tmp_path, monkeypatch):
 
         return run
 
-    monkeypatch.setattr(train.EpochRunner, "program", program)
+    monkeypatch.setattr(EpochRunner, "program", program)
     with pytest.raises(Preempted) as stop:
         train.train_and_evaluate(config, workdir)
     assert stop.value.step == 4  # after the second chunk of two steps, mid-epoch
@@ -171,6 +175,39 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     assert resumed[-1]["step"] == last + 8
 
 
+@pytest.mark.parametrize("population", [1, 2], ids=["single", "population"])
+def test_cli_full_disk_is_one_line_naming_the_intact_checkpoint(tmp_path, population):
+    """What the user sees: the run's own INFO lines, then exactly one error line and exit 2; no
+    traceback, no Orbax or TensorStore message."""
+    disk = tmp_path / "small_disk"
+    _mount_tmpfs(disk, "4m")  # a checkpoint or two of this model fit, fifty do not
+    args = [
+        "--workdir",
+        str(disk / "run"),
+        "--config.max_train_examples=1024",
+        "--config.batch_size=128",
+        "--config.hidden_sizes=(64,)",
+        "--config.latents=4",
+        "--config.max_eval_examples=250",
+        "--config.num_image_examples=4",
+        "--config.num_epochs=50",
+        "--config.max_to_keep=50",
+        "--config.progress_bar=False",
+        f"--config.population_size={population}",
+    ]
+    try:
+        result = run_cli(*args, cwd=tmp_path)
+        complete = sorted(int(n) for n in os.listdir(disk / "run" / "checkpoints") if n.isdigit())
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert result.returncode == 2, result.stderr
+    others = [line for line in result.stderr.splitlines() if not line.startswith("I")]
+    assert len(others) == 1, result.stderr
+    assert others[0].startswith("error: cannot write to the workdir: No space left on device")
+    assert complete and f"the last complete checkpoint (step {complete[-1]}) is intact" in others[0]
+    assert "Traceback" not in result.stderr and "orbax" not in result.stderr.lower()
+
+
 def test_a_failed_picture_write_is_reported_even_when_the_save_in_flight_fails_too(
     tmp_path, monkeypatch
 ):
@@ -187,7 +224,7 @@ def test_a_failed_picture_write_is_reported_even_when_the_save_in_flight_fails_t
 
         self._manager.wait_until_finished = fail
 
-    real_save_png = outputs.save_png
+    real_save_png = drawing.save_png
 
     def save_png(path, grid):
         if "epoch_002" in path:
@@ -195,14 +232,14 @@ def test_a_failed_picture_write_is_reported_even_when_the_save_in_flight_fails_t
         real_save_png(path, grid)
 
     monkeypatch.setattr(checkpoint.CheckpointStore, "save", save_that_fails_later)
-    monkeypatch.setattr(outputs, "save_png", save_png)
+    monkeypatch.setattr(drawing, "save_png", save_png)
     workdir = tmp_path / "run"
     with pytest.raises(WorkdirError) as error:
         train.train_and_evaluate(small_config(num_epochs=3), str(workdir))
     message = str(error.value)
     assert message.startswith("cannot write to the workdir: No space left on device"), message
     assert "epoch_002" in message and "no checkpoint had been completed" in message, message
-    epochs = [r["epoch"] for r in outputs.MetricsLog(str(workdir / "metrics.jsonl")).read()]
+    epochs = [r["epoch"] for r in workdir_lib.MetricsLog(str(workdir / "metrics.jsonl")).read()]
     assert epochs == [1, 2]  # what was written before the failure stays
 
 
@@ -235,7 +272,7 @@ def test_write_failure_of_metrics_is_a_clear_error(tmp_path, monkeypatch):
     def refuse(self, record):
         raise OSError(28, "No space left on device", self.path)
 
-    monkeypatch.setattr(outputs.MetricsLog, "append", refuse)
+    monkeypatch.setattr(workdir_lib.MetricsLog, "append", refuse)
     with pytest.raises(WorkdirError, match="cannot write to the workdir: No space left on device"):
         train.train_and_evaluate(small_config(num_epochs=1), str(tmp_path / "run"))
 
@@ -253,7 +290,7 @@ def test_nan_policy_skip_skips_bad_updates_and_counts_them(tmp_path, monkeypatch
 
         return poisoned
 
-    monkeypatch.setattr(train.objectives, "make_elbo_loss", poisoned_elbo_loss)
+    monkeypatch.setattr(objectives, "make_elbo_loss", poisoned_elbo_loss)
     records = train.train_and_evaluate(small_config(nan_policy="skip"), str(tmp_path / "run"))
     assert [r["skipped_steps"] for r in records] == [1, 1]
     assert all(np.isfinite(r["train_elbo"]) and np.isfinite(r["test_elbo"]) for r in records)
@@ -265,7 +302,7 @@ def test_second_run_on_a_locked_workdir_is_refused(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     with (
-        outputs.WorkdirLock(str(workdir)),
+        workdir_lib.WorkdirLock(str(workdir)),
         pytest.raises(WorkdirError, match=rf"is in use by another run \(process {os.getpid()}\)"),
     ):
         train.train_and_evaluate(small_config(num_epochs=1), str(workdir))
@@ -319,28 +356,29 @@ def test_checkpoint_from_before_the_critic_field_restores(tmp_path):
     """Checkpoints written before TrainState had `critic` hold no such entry; they resume."""
     config = small_config()
     model = models.build_model(config, (28, 28, 1))
-    optimizer = train.build_optimizer(config, 100)
-    state = train.create_train_state(model, optimizer, (28, 28, 1), config.latents, 3)
+    optimizer = build_optimizer(config, 100)
+    state = create_train_state(model, optimizer, (28, 28, 1), config.latents, 3)
     state = state.replace(step=jnp.asarray(17, jnp.int32))
-    storable = checkpoint._to_storable(state)
+    storable = checkpoint.to_storable(state)
     legacy_tree = {name: getattr(storable, name) for name in ("step", "params", "opt_state", "key")}
-    with checkpoint.CheckpointStore(str(tmp_path / "checkpoints"), 3) as store:
-        store._manager.save(  # the format as it was written then
+    with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as manager:
+        manager.save(  # the format as it was written then
             17,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(legacy_tree),
                 meta=ocp.args.JsonSave({"config": config_lib.config_to_dict(config)}),
             ),
         )
-        store.wait()
-        fresh = train.create_train_state(model, optimizer, (28, 28, 1), config.latents, 0)
+        manager.wait_until_finished()
+    with checkpoint.CheckpointStore(str(tmp_path / "checkpoints"), 3) as store:
+        fresh = create_train_state(model, optimizer, (28, 28, 1), config.latents, 0)
         restored, step, _ = store.restore_latest(fresh, config)
     assert step == 17 and restored.critic is None
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     assert all(
         np.array_equal(a, b)
         for a, b in zip(
-            jax.tree.leaves(storable), jax.tree.leaves(checkpoint._to_storable(restored))
+            jax.tree.leaves(storable), jax.tree.leaves(checkpoint.to_storable(restored))
         )
     )
 

@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from vae_jax import train
 from vae_jax.config import validate_config
+from vae_jax.optim import burda_schedule
 
 EXPERIMENTS = sorted(pathlib.Path(__file__).parent.parent.joinpath("experiments").glob("*.py"))
 
@@ -22,7 +22,7 @@ def test_experiment_config_is_valid(path):
 
 def test_burda_schedule_runs_three_to_the_i_epochs_at_each_rate():
     steps_per_epoch = 7
-    schedule = train.burda_schedule(1e-3, steps_per_epoch)
+    schedule = burda_schedule(1e-3, steps_per_epoch)
     epoch_starts = np.cumsum([0] + [3**i for i in range(8)])  # 0, 1, 4, 13, ..., 3280
     assert epoch_starts[-1] == 3280
     for stage in range(8):

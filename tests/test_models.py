@@ -3,7 +3,6 @@
 import contextlib
 import functools
 import re
-import unittest.mock
 
 import flax.linen
 import jax
@@ -73,7 +72,7 @@ def test_conv_rejects_image_sides_it_cannot_halve():
 
 
 # Even and odd sides; few channels (one wide product) and many (phase convolutions, per-tap
-# products) on both sides of convolutions._FEW_CHANNELS.
+# products) on both sides of the few-channels threshold (convolutions.py).
 CONV_CASES = [((3, 28, 28, 1), 32), ((3, 14, 14, 32), 64), ((2, 7, 9, 3), 5), ((2, 8, 6, 16), 1)]
 
 
@@ -82,11 +81,7 @@ def _with_cpu_forms(use: bool):
     autodiff (the `default` branch of their `platform_dependent`), to test both here."""
     if use:
         return contextlib.nullcontext()
-    return unittest.mock.patch.multiple(
-        convolutions,
-        _down_on_cpu=convolutions._down,
-        _up_on_cpu=functools.partial(convolutions._up, few_as_product=False),
-    )
+    return convolutions.autodiff_on_cpu()
 
 
 @pytest.mark.parametrize("cpu_forms", [True, False], ids=["cpu-forms", "autodiff"])

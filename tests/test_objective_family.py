@@ -12,6 +12,8 @@ from conftest import small_config, straight_and_resumed
 from test_objectives import _linear_gaussian_model, _tiny_model_and_params
 
 from vae_jax import objectives, train
+from vae_jax.rng import TRAIN_STREAM, stream_key
+from vae_jax.step import create_train_state, make_train_step
 
 X = jnp.array([[[[1.0], [0.0]]], [[[0.0], [1.0]]], [[[1.0], [1.0]]]])  # (3, 1, 2, 1)
 
@@ -190,14 +192,14 @@ def test_factor_vae_step_updates_the_discriminator_with_its_own_optimizer():
     config = small_config(objective="factor_vae", latents=1, discriminator_hidden=(8,))
     objective = objectives.make_objective(config, model)
     optimizer = optax.adam(1e-3)
-    state = train.create_train_state(
+    state = create_train_state(
         model, optimizer, (1, 2, 1), 1, seed=0, critic=objective.critic
     ).replace(params=params, opt_state=optimizer.init(params))
     images = (np.asarray(X) * 255).astype(np.uint8)
-    new_state, metrics = jax.jit(train.make_train_step(objective, optimizer))(state, images)
+    new_state, metrics = jax.jit(make_train_step(objective, optimizer))(state, images)
 
     # By hand: the same keys, the model's latents, one Adam(1e-4, 0.5, 0.9) step of the critic.
-    step_key = jax.random.fold_in(train.stream_key(state.key, train.TRAIN_STREAM), 0)
+    step_key = jax.random.fold_in(stream_key(state.key, TRAIN_STREAM), 0)
     loss_key, _, critic_key = jax.random.split(step_key, 3)
     _, aux = objective.loss(params, X, loss_key, state.step, state.critic["params"])
     critic_grads, _ = jax.grad(objective.critic.loss, has_aux=True)(

@@ -60,19 +60,21 @@ def _free_port() -> int:
 STEP_CHECK = textwrap.dedent(
     """
     import json, jax, jax.numpy as jnp, numpy as np
-    from vae_jax import data, models, objectives, parallel, train
+    from vae_jax import data, models, objectives, parallel
     from vae_jax.config import get_config
+    from vae_jax.optim import build_optimizer
+    from vae_jax.step import create_train_state, make_train_step
     config = get_config()
     config.hidden_sizes, config.latents = (64,), 4
     images = data.load_binarized_mnist().split("train")[:64]
     model = models.build_model(config, (28, 28, 1))
-    optimizer = train.build_optimizer(config, 10)
-    step = train.make_train_step(objectives.make_elbo_loss(model), optimizer)
+    optimizer = build_optimizer(config, 10)
+    step = make_train_step(objectives.make_elbo_loss(model), optimizer)
 
     def one_step(devices):
         mesh = parallel.data_mesh(devices)
-        state = train.create_train_state(model, optimizer, (28, 28, 1), 4, 0,
-                                         sharding=parallel.replicated(mesh))
+        state = create_train_state(model, optimizer, (28, 28, 1), 4, 0,
+                                   sharding=parallel.replicated(mesh))
         batch = jax.device_put(images, parallel.batch_sharding(mesh))
         state, metrics = jax.jit(step)(state, batch)
         return state, metrics

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_jax import models, objectives, outputs, pictures
+from vae_jax import drawing, models, objectives, pictures
 from vae_jax.config import get_config
 
 SHAPE = (8, 8, 1)
-TRAIN_COLOUR, EVAL_COLOUR = outputs._PALETTE[0], outputs._PALETTE[1]
+TRAIN_COLOUR, EVAL_COLOUR = drawing.PALETTE[0], drawing.PALETTE[1]
 
 
 def _tiny_vae(latents: int):

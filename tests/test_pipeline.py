@@ -11,8 +11,9 @@ import pytest
 from conftest import without_timings
 from PIL import Image
 
-from vae_jax import train
+from vae_jax import engine, train
 from vae_jax.data import stream
+from vae_jax.engine import choose_pipeline
 
 
 def test_streaming_order_is_the_on_device_permutation():
@@ -87,9 +88,9 @@ def test_resume_may_switch_pipelines(make_config, tmp_path):
 def test_auto_pipeline_streams_what_does_not_fit(make_config, monkeypatch):
     config = make_config()
     small = np.zeros((10, 28, 28, 1), np.uint8)
-    assert train.choose_pipeline(config, small) == "device"
-    monkeypatch.setattr(train, "DEVICE_DATA_BUDGET_BYTES", small.nbytes - 1)
-    assert train.choose_pipeline(config, small) == "stream"
+    assert choose_pipeline(config, small) == "device"
+    monkeypatch.setattr(engine, "DEVICE_DATA_BUDGET_BYTES", small.nbytes - 1)
+    assert choose_pipeline(config, small) == "stream"
 
 
 def _write_idx(path, array, magic, gz):

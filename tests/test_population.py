@@ -13,7 +13,10 @@ import pytest
 from conftest import small_config, without_timings
 
 from vae_jax import models, population, train
-from vae_jax.errors import ConfigError, DivergenceError, Preempted, WorkdirError
+from vae_jax.config import OBJECTIVES, POPULATION_WEIGHT_FIELDS
+from vae_jax.errors import ConfigError, Preempted, WorkdirError
+from vae_jax.optim import build_optimizer
+from vae_jax.step import create_train_state
 
 # Figures that vmapped (batched) matrix products may round differently from the single run.
 ELBO_FIELDS = (
@@ -124,7 +127,7 @@ def test_per_member_learning_rates(tmp_path, single_run):
     ],
 )
 def test_a_traced_learning_rate_gives_the_constant_rate_optimizer(settings):
-    """The population's optimizer, rate traced, has train.build_optimizer's state and numbers.
+    """The population's optimizer, rate traced, has build_optimizer's state and numbers.
 
     To rounding: XLA may fold a constant rate into neighbouring constants, a traced one not.
     """
@@ -140,8 +143,8 @@ def test_a_traced_learning_rate_gives_the_constant_rate_optimizer(settings):
             current = optax.apply_updates(current, updates)
         return current, state
 
-    constant = jax.jit(lambda: run(train.build_optimizer(config, 10)))()
-    traced = jax.jit(lambda rate: run(train.build_optimizer(config, 10, rate)))(jnp.float32(3e-3))
+    constant = jax.jit(lambda: run(build_optimizer(config, 10)))()
+    traced = jax.jit(lambda rate: run(build_optimizer(config, 10, rate)))(jnp.float32(3e-3))
     assert jax.tree.structure(traced) == jax.tree.structure(constant)
     for a, b in zip(jax.tree.leaves(traced), jax.tree.leaves(constant)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
@@ -151,11 +154,11 @@ def test_a_member_starts_from_its_single_runs_initial_state():
     """Bit for bit, even for a seed beyond int32 (the tests above cover small seeds)."""
     config = population_config()
     model = models.build_model(config, (28, 28, 1))
-    optimizer = train.build_optimizer(config, 16)
+    optimizer = build_optimizer(config, 16)
     seed = 2**31 + 5
     stacked = population.initial_population_state(model, optimizer, (28, 28, 1), 4, [seed])
     member = population.member_state(stacked, 0)
-    single = train.create_train_state(model, optimizer, (28, 28, 1), 4, seed)
+    single = create_train_state(model, optimizer, (28, 28, 1), 4, seed)
     assert jax.tree.structure(member) == jax.tree.structure(single)
     np.testing.assert_array_equal(jax.random.key_data(member.key), jax.random.key_data(single.key))
     for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(single.params)):
@@ -177,7 +180,7 @@ def test_resume_continues_the_population_exactly(seeds_population, tmp_path):
 
 
 class _StopAtOnce:
-    """Stands in for train._StopSignals: as if SIGTERM had come during the first call."""
+    """Stands in for loop.StopSignals: as if SIGTERM had come during the first call."""
 
     signum = signal.SIGTERM
     requested = True
@@ -193,10 +196,8 @@ def test_a_preempted_population_resumes_mid_epoch_exactly(seeds_population, tmp_
     _, _, straight = seeds_population
     config = population_config(population_size=3, steps_per_call=4)
     workdir = str(tmp_path / "preempted")
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "_StopSignals", _StopAtOnce)
-        with pytest.raises(Preempted):
-            population.train_population(config, workdir)
+    with pytest.raises(Preempted):
+        population.train_population(config, workdir, signals=_StopAtOnce)
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]  # inside epoch 1
     # Calls of 4 steps, against the straight run's calls of whole epochs.
     resumed = population.train_population(config, workdir)
@@ -238,17 +239,47 @@ def test_unusable_requests_fail_with_one_sentence(seeds_population, tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_a_diverging_member_is_named():
-    config = population_config(population_size=3, population_betas=(0.5, 1, 4))
-    member = population.member_config(config, 2)
-    step_metrics = {name: np.array([1.0, np.nan, 1.0]) for name in ("loss", "elbo", "kl", "recon")}
-    with pytest.raises(
-        DivergenceError,
-        match=r"population member 2 \(seed 2, beta 4, learning_rate 0.003\): the training loss "
-        r"became non-finite at step 10 \(epoch 2\)",
-    ):
-        population._check_member_training(2, member, step_metrics, 8, 2, 8)
-    with pytest.raises(DivergenceError, match="population member 2 .*: the test ELBO became"):
-        population._check_member_evaluation(
-            2, member, {"elbo": np.inf, "kl": 1.0, "recon": 1.0}, 16, 2, 8
-        )
+# Per objective: the members' values of its weight (None: it has none) and settings that keep
+# the test small. Every objective trains as a population through `objectives.make_objective`.
+EVERY_OBJECTIVE = {
+    "vae": (None, {}),
+    "beta_vae": ((1.0, 4.0), {}),
+    "annealed_vae": ((100.0, 1000.0), {"capacity_steps": 8}),
+    "beta_tcvae": ((1.0, 6.0), {}),
+    "factor_vae": ((5.0, 40.0), {"discriminator_hidden": (32, 32)}),
+    "iwae": (None, {"iwae_samples": 3}),
+    "ae": (None, {}),
+    "dae": ((0.1, 0.5), {}),
+}
+
+
+def test_the_table_covers_every_objective():
+    assert set(EVERY_OBJECTIVE) == set(OBJECTIVES)
+    assert {o for o, (w, _) in EVERY_OBJECTIVE.items() if w} == set(POPULATION_WEIGHT_FIELDS)
+
+
+@pytest.mark.parametrize("objective", sorted(EVERY_OBJECTIVE))
+def test_every_objective_trains_as_a_population_member_by_member(objective, tmp_path, single_run):
+    """Member 1 (its own weight and learning rate, traced in the one program) is its single run."""
+    weights, settings = EVERY_OBJECTIVE[objective]
+    config = population_config(
+        objective=objective,
+        population_size=2,
+        num_epochs=1,
+        population_learning_rates=(1e-3, 3e-3),
+        population_weights=weights or (),
+        **settings,
+    )
+    records = population.train_population(config, str(tmp_path))
+    assert [len(r) for r in records] == [1, 1]
+    first, second = records[0][0], records[1][0]
+    assert first["train_loss"] != second["train_loss"]
+    single = single_run(population.member_config(config, 1))[0]
+    assert set(second) == set(single)
+    for field, value in single.items():
+        if field in ("train_seconds", "examples_per_second"):
+            continue
+        np.testing.assert_allclose(second[field], value, rtol=1e-4, err_msg=field)
+    if weights:
+        member = population.member_config(config, 1)
+        assert member[POPULATION_WEIGHT_FIELDS[objective]] == weights[1]

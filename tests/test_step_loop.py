@@ -6,6 +6,7 @@ import pytest
 from conftest import small_config, straight_and_resumed, without_timings
 
 from vae_jax import train
+from vae_jax.engine import choose_step_loop
 
 CONV = {
     "model": "conv",
@@ -40,6 +41,6 @@ def test_host_loop_resumes_exactly(tmp_path):
 
 
 def test_auto_scans_every_model_and_the_choice_is_kept():
-    assert train.choose_step_loop(small_config(**CONV)) == "scan"
-    assert train.choose_step_loop(small_config()) == "scan"
-    assert train.choose_step_loop(small_config(step_loop="host", **CONV)) == "host"
+    assert choose_step_loop(small_config(**CONV)) == "scan"
+    assert choose_step_loop(small_config()) == "scan"
+    assert choose_step_loop(small_config(step_loop="host", **CONV)) == "host"

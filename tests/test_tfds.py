@@ -67,7 +67,7 @@ def test_unknown_tfds_name_is_a_config_error(tmp_path):
 
 
 def test_unprepared_data_set_offline_fails_fast_with_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(tfds_source, "_can_resolve", lambda host: False)
+    monkeypatch.setattr(tfds_source, "can_resolve", lambda host: False)
     started = time.perf_counter()
     with pytest.raises(DataError) as error:
         load_dataset("mnist", data_dir=str(tmp_path))
@@ -79,7 +79,7 @@ def test_unprepared_data_set_offline_fails_fast_with_what_to_do(tmp_path, monkey
 
 def test_resolution_check_gives_up_on_a_name_that_cannot_resolve():
     started = time.perf_counter()
-    assert not tfds_source._can_resolve("no-such-host.invalid", timeout_seconds=3)
+    assert not tfds_source.can_resolve("no-such-host.invalid", timeout_seconds=3)
     assert time.perf_counter() - started < 5
 
 
@@ -93,7 +93,7 @@ def test_missing_extra_names_the_install_command(monkeypatch):
 
 def _online() -> bool:
     try:
-        socket.getaddrinfo(tfds_source._DOWNLOAD_HOST, 443)
+        socket.getaddrinfo(tfds_source.DOWNLOAD_HOST, 443)
         return True
     except OSError:
         return False

@@ -12,6 +12,10 @@ import pytest
 from conftest import small_config, without_timings
 
 from vae_jax import data, models, objectives, train
+from vae_jax.evaluation import make_evaluate, pad_to_multiple
+from vae_jax.optim import build_optimizer
+from vae_jax.rng import SHUFFLE_STREAM, stream_key
+from vae_jax.step import TrainState, create_train_state, make_train_epoch, make_train_step
 
 
 def test_same_seed_same_run_and_another_seed_another(make_config, tmp_path):
@@ -112,19 +116,19 @@ def _setup(num_images):
     images = data.load_binarized_mnist().split("train")[:num_images]
     config = small_config()
     model = models.build_model(config, (28, 28, 1))
-    optimizer = train.build_optimizer(config, 100)
-    state = train.create_train_state(model, optimizer, (28, 28, 1), config.latents, 0)
-    step = train.make_train_step(objectives.make_elbo_loss(model), optimizer)
+    optimizer = build_optimizer(config, 100)
+    state = create_train_state(model, optimizer, (28, 28, 1), config.latents, 0)
+    step = make_train_step(objectives.make_elbo_loss(model), optimizer)
     return model, state, step, jnp.asarray(images)
 
 
 def test_epoch_scan_equals_a_python_loop_over_the_same_batches():
     _, state, step, images = _setup(num_images=160)
     steps_per_epoch = 160 // 32
-    epoch_fn = jax.jit(train.make_train_epoch(step, 32, steps_per_epoch, steps_per_epoch))
+    epoch_fn = jax.jit(make_train_epoch(step, 32, steps_per_epoch, steps_per_epoch))
     scanned, metrics = epoch_fn(state, images)
 
-    order_key = jax.random.fold_in(train.stream_key(state.key, train.SHUFFLE_STREAM), 0)
+    order_key = jax.random.fold_in(stream_key(state.key, SHUFFLE_STREAM), 0)
     order = np.asarray(jax.random.permutation(order_key, 160))
     looped = state
     jit_step = jax.jit(step)
@@ -140,12 +144,12 @@ def test_epoch_scan_equals_a_python_loop_over_the_same_batches():
 
 def test_each_epoch_visits_every_example_once_in_a_new_order():
     seen_per_epoch = []
-    state = train.TrainState(jnp.zeros((), jnp.int32), {}, (), jax.random.key(0))
+    state = TrainState(jnp.zeros((), jnp.int32), {}, (), jax.random.key(0))
 
     def record_step(state, batch):
         return state.replace(step=state.step + 1), batch[:, 0, 0, 0]
 
-    epoch_fn = jax.jit(train.make_train_epoch(record_step, 4, 5, 5))
+    epoch_fn = jax.jit(make_train_epoch(record_step, 4, 5, 5))
     images = jnp.arange(22, dtype=jnp.int32).reshape(22, 1, 1, 1)  # 22 = 5 batches of 4 + 2
     for _ in range(2):
         state, seen = epoch_fn(state, images)
@@ -159,8 +163,8 @@ def test_evaluation_does_not_depend_on_its_batch_size():
     model, state, _, images = _setup(num_images=160)
     results = []
     for batch_size in (160, 40, 64):  # 64 pads the split to 192 and masks the padding
-        padded = jnp.asarray(train.pad_to_multiple(np.asarray(images), batch_size))
-        evaluate = jax.jit(train.make_evaluate(model, batch_size, 160))
+        padded = jnp.asarray(pad_to_multiple(np.asarray(images), batch_size))
+        evaluate = jax.jit(make_evaluate(model, batch_size, 160))
         results.append(evaluate(state.params, padded, jax.random.key(3)))
     for other in results[1:]:
         for k in ("elbo", "kl", "recon"):
@@ -172,12 +176,10 @@ def test_evaluation_of_dynamically_binarized_data_scores_a_fixed_binary_draw():
     gray = jnp.full((120, 28, 28, 1), 100, jnp.uint8)
     results = []
     for batch_size in (120, 40):
-        evaluate = jax.jit(train.make_evaluate(model, batch_size, 120, binarize=True))
+        evaluate = jax.jit(make_evaluate(model, batch_size, 120, binarize=True))
         results.append(evaluate(state.params, gray, jax.random.key(3)))
     np.testing.assert_allclose(results[0]["elbo"], results[1]["elbo"], rtol=1e-5)
-    continuous = jax.jit(train.make_evaluate(model, 120, 120))(
-        state.params, gray, jax.random.key(3)
-    )
+    continuous = jax.jit(make_evaluate(model, 120, 120))(state.params, gray, jax.random.key(3))
     assert float(continuous["recon"]) != pytest.approx(float(results[0]["recon"]), rel=1e-3)
 
 
@@ -188,12 +190,10 @@ def test_dynamic_binarization_samples_binary_pixels_each_step():
 
     optimizer = optax.sgd(0.1)
     params = {"w": jnp.zeros(())}
-    state = train.TrainState(
-        jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.key(0)
-    )
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.key(0))
     gray = jnp.full((64, 28, 28, 1), 64, jnp.uint8)  # intensity 64/255
     for binarize, expect_binary in ((True, True), (False, False)):
-        step = jax.jit(train.make_train_step(loss_fn, optimizer, dynamic_binarization=binarize))
+        step = jax.jit(make_train_step(loss_fn, optimizer, dynamic_binarization=binarize))
         _, first = step(state, gray)
         _, second = step(state.replace(step=state.step + 1), gray)
         assert (float(first["nonbinary"]) == 0.0) == expect_binary

@@ -13,6 +13,7 @@ Nothing in the workdir is changed by a refused resume.
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging
 import os
 import time
 from typing import Any
@@ -25,13 +26,20 @@ from absl import logging
 from vae_jax import config as config_lib
 from vae_jax.errors import WorkdirError
 
+# Failures already reported to the user as one WorkdirError (a save in flight that hit the same
+# full disk): their details go to this logger, which the commands write to the workdir's log.txt
+# and keep off the terminal (`cli`).
+DETAILS = std_logging.getLogger("vae_jax.details")
 
-def _to_storable(state):
-    """Orbax stores arrays of numbers: replace the typed key by its raw key data."""
+
+def to_storable(state):
+    """The train state as Orbax stores it: arrays of numbers, the typed key as its raw key data
+    (what a checkpoint's `state` item holds)."""
     return state.replace(key=jax.random.key_data(state.key))
 
 
-def _from_storable(stored, like):
+def from_storable(stored, like):
+    """`to_storable` undone: the key wrapped again with `like`'s key implementation."""
     return stored.replace(
         key=jax.random.wrap_key_data(stored.key, impl=jax.random.key_impl(like.key))
     )
@@ -108,7 +116,7 @@ class CheckpointStore:
                 f"resumed: {'; '.join(differences)}. Use a new --workdir, the checkpoint's values, "
                 "or --start_fresh to move the old run aside."
             )
-        target = _to_storable(initial_state)
+        target = to_storable(initial_state)
         try:
             saved_tree = self._manager.item_metadata(step)["state"].tree
             saved_shapes = _shapes(saved_tree)
@@ -138,7 +146,7 @@ class CheckpointStore:
             raise _Unreadable(step, error) from error
         if legacy:
             restored = target.replace(**restored)
-        return _from_storable(restored, initial_state), meta.get("extra", {})
+        return from_storable(restored, initial_state), meta.get("extra", {})
 
     def restore_latest(self, initial_state, config: ml_collections.ConfigDict):
         """The newest readable checkpoint's state, or `initial_state` if there is none.
@@ -208,7 +216,7 @@ class CheckpointStore:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_storable(state)),
+                state=ocp.args.StandardSave(to_storable(state)),
                 meta=ocp.args.JsonSave(
                     {"config": config_lib.config_to_dict(config), "extra": extra or {}}
                 ),
@@ -231,7 +239,7 @@ class CheckpointStore:
         try:
             self._manager.wait_until_finished()
         except Exception as error:  # noqa: BLE001 - reported by the caller's own error
-            logging.warning("The checkpoint save in flight failed: %s", _first_line(error))
+            DETAILS.warning("The checkpoint save in flight failed: %s", _first_line(error))
             return error
         return None
 
@@ -251,7 +259,7 @@ class CheckpointStore:
         if failure is not None:
             if raise_errors:
                 raise failure
-            logging.warning("Closing the checkpoints: %s", _first_line(failure))
+            DETAILS.warning("Closing the checkpoints: %s", _first_line(failure))
 
     def __enter__(self):
         return self
@@ -259,6 +267,60 @@ class CheckpointStore:
     def __exit__(self, exc_type, *exc_info) -> None:
         # Leaving on an error: that error is the one to report, not a save it interrupted.
         self.close(raise_errors=exc_type is None)
+
+
+def restore_params(directory: str, abstract_params) -> tuple[Any, int]:
+    """The model parameters alone, from the newest readable checkpoint under `directory`.
+
+    Reads nothing else of the state (no optimizer state, no critic), so it needs neither an
+    optimizer nor an objective to build a restore target, and changes nothing on disk: an
+    unreadable checkpoint is passed over, never moved.
+
+    Args:
+      directory: a workdir's checkpoints/ folder.
+      abstract_params: the parameters' structure, shapes and dtypes (`jax.ShapeDtypeStruct`
+        leaves, e.g. from `jax.eval_shape` of the model's init).
+
+    Returns:
+      (params on the default device, step).
+
+    Raises:
+      WorkdirError: no checkpoint, or none that can be read.
+    """
+    directory = os.path.abspath(directory)
+    steps = (
+        sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+        if os.path.isdir(directory)
+        else []
+    )
+    if not steps:
+        raise WorkdirError(f"{directory} holds no checkpoint yet; train the workdir first.")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract_params)
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+    )
+    failures = []
+    try:
+        for step in steps:
+            args = ocp.args.PyTreeRestore(
+                {"params": abstract_params},
+                restore_args={"params": restore_args},
+                partial_restore=True,
+            )
+            try:
+                state = manager.restore(step, args=ocp.args.Composite(state=args)).state
+            except Exception as error:  # noqa: BLE001 - reported below if no step can be read
+                failures.append(f"{os.path.join(directory, str(step))} ({_first_line(error)})")
+                continue
+            if failures:
+                logging.warning("Passed over unreadable checkpoints: %s", "; ".join(failures))
+            return state["params"], step
+    finally:
+        manager.close()
+    raise WorkdirError(f"no checkpoint can be read: {'; '.join(failures)}.")
 
 
 class _Unreadable(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,6 +71,17 @@ OBJECTIVE_FIELDS = {
     "iwae_samples": ("iwae",),
     "dae_corruption": ("dae",),
     "dae_noise_level": ("dae",),
+}
+
+# The weight of each objective that has one: what `population_weights` gives each member its own
+# value of. Populations trace it (and the learning rate), so one compiled program serves any
+# sweep of the same shape.
+POPULATION_WEIGHT_FIELDS = {
+    "beta_vae": "beta",
+    "beta_tcvae": "beta",
+    "annealed_vae": "capacity_gamma",
+    "factor_vae": "factor_gamma",
+    "dae": "dae_noise_level",
 }
 
 
@@ -147,10 +159,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.steps_per_call = 1000
 
     # Populations: K models trained in one compiled program with vmap (1 = a single model).
-    # Member k has seed `seed + k`, beta `population_betas[k]` and learning rate
-    # `population_learning_rates[k]` (an empty tuple means `beta` / `learning_rate` for all).
+    # Member k has seed `seed + k`, learning rate `population_learning_rates[k]` and its own
+    # value of the objective's weight: `population_weights[k]` (POPULATION_WEIGHT_FIELDS: beta,
+    # capacity_gamma, factor_gamma, dae_noise_level), or `population_betas[k]` for beta_vae and
+    # beta_tcvae. An empty tuple means the config's own value for every member.
     config.population_size = 1
     config.population_betas = ()
+    config.population_weights = ()
     config.population_learning_rates = ()
 
     # Outputs.
@@ -310,20 +325,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"weight_decay={config.weight_decay!r} needs optimizer='adamw'; "
         f"optimizer={config.optimizer!r} has none.",
     )
-    for field in ("population_betas", "population_learning_rates"):
-        values = config[field]
-        _require(
-            isinstance(values, (tuple, list))
-            and all(_is_number(v) and math.isfinite(v) and v >= 0 for v in values)
-            and (field == "population_betas" or all(v > 0 for v in values)),
-            f"{field}={values!r} must be a tuple of finite numbers "
-            f"({'>= 0' if field == 'population_betas' else '> 0'}).",
-        )
-        _require(
-            len(values) in (0, config.population_size),
-            f"{field} has {len(values)} values but population_size={config.population_size}; "
-            "give one per member, or none.",
-        )
+    _check_population(config)
     _require(
         config.lr_schedule != "warmup_cosine" or config.warmup_steps > 0,
         "lr_schedule='warmup_cosine' needs warmup_steps >= 1.",
@@ -344,14 +346,25 @@ def _check_objective(config) -> None:
         f"term; allowed with: {', '.join(repr(o) for o in VARIATIONAL_OBJECTIVES)}.",
     )
     _require(
-        config.population_size == 1 or objective in ("vae", "beta_vae"),
-        f"population_size={config.population_size} with objective={objective!r}; populations "
-        "train objective='vae' or 'beta_vae'.",
+        not config.population_betas or POPULATION_WEIGHT_FIELDS.get(objective) == "beta",
+        f"population_betas={tuple(config.population_betas)!r} with objective={objective!r}, "
+        "which has no beta; per-member betas need objective='beta_vae' or 'beta_tcvae'"
+        + (
+            f", and population_weights sets this objective's {POPULATION_WEIGHT_FIELDS[objective]}."
+            if objective in POPULATION_WEIGHT_FIELDS
+            else "."
+        ),
     )
     _require(
-        not config.population_betas or objective == "beta_vae",
-        f"population_betas={tuple(config.population_betas)!r} with objective={objective!r}; "
-        "per-member KL weights need objective='beta_vae'.",
+        not config.population_weights or objective in POPULATION_WEIGHT_FIELDS,
+        f"population_weights={tuple(config.population_weights)!r} with objective={objective!r}, "
+        "which has no weight to sweep; allowed with: "
+        f"{', '.join(repr(o) for o in POPULATION_WEIGHT_FIELDS)}.",
+    )
+    _require(
+        not (config.population_weights and config.population_betas),
+        "population_betas and population_weights are both set; give the members' weights once, "
+        "in population_weights.",
     )
     if objective in ("beta_tcvae", "factor_vae"):
         _require(
@@ -359,6 +372,67 @@ def _check_objective(config) -> None:
             f"batch_size={config.batch_size} with objective={objective!r}, whose total-"
             "correlation estimate compares the examples of a batch; allowed: >= 2.",
         )
+
+
+def _check_population(config) -> None:
+    """The per-member tuples: numbers, one per member; then every member's config must be valid
+    on its own (a weight of 0.5 for dae_noise_level, say)."""
+    for field in ("population_betas", "population_weights", "population_learning_rates"):
+        values = config[field]
+        positive = field == "population_learning_rates"
+        _require(
+            isinstance(values, (tuple, list))
+            and all(_is_number(v) and math.isfinite(v) and v >= 0 for v in values)
+            and (not positive or all(v > 0 for v in values)),
+            f"{field}={values!r} must be a tuple of finite numbers ({'> 0' if positive else '>= 0'}).",
+        )
+        _require(
+            len(values) in (0, config.population_size),
+            f"{field} has {len(values)} values but population_size={config.population_size}; "
+            "give one per member, or none.",
+        )
+    if config.population_size > 1 and (
+        config.population_weights or config.population_learning_rates
+    ):
+        for k in range(config.population_size):
+            try:
+                validate_config(member_config(config, k))
+            except ConfigError as error:
+                raise ConfigError(f"population member {k}: {error}") from None
+
+
+def member_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+    """The single-model config that population member `k` trains exactly as.
+
+    Args:
+      config: a population config.
+      k: the member index, 0 <= k < population_size.
+
+    Returns:
+      A copy of `config` with seed + k, the member's weight (`population_weights[k]` into the
+      objective's weight field, or `population_betas[k]` into beta) and learning rate, and
+      population_size 1 without per-member tuples: what `train.train_and_evaluate` would run.
+
+    Raises:
+      ConfigError: k is not a member of the population.
+    """
+    size = config.population_size
+    if not (isinstance(k, numbers.Integral) and 0 <= k < size):
+        raise ConfigError(f"member {k!r} is not in the population; allowed: 0 to {size - 1}.")
+    k = int(k)
+    member = config.copy_and_resolve_references()
+    member.seed = config.seed + k
+    if config.population_betas:
+        member.beta = float(config.population_betas[k])
+    if config.population_weights:
+        member[POPULATION_WEIGHT_FIELDS[config.objective]] = float(config.population_weights[k])
+    if config.population_learning_rates:
+        member.learning_rate = float(config.population_learning_rates[k])
+    member.population_size = 1
+    member.population_betas = ()
+    member.population_weights = ()
+    member.population_learning_rates = ()
+    return member
 
 
 def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict:

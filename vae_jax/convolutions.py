@@ -30,6 +30,7 @@ strided convolution, and of the transposed one written as four phase convolution
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -166,6 +167,23 @@ def _up_on_cpu_backward(height, width, residuals, dy):
 _up_on_cpu.defvjp(_up_on_cpu_forward, _up_on_cpu_backward)
 
 
+# Whether the CPU branch traces the hand-written gradients above (the default) or autodiff, as
+# the other platforms do. Read at trace time; `autodiff_on_cpu` switches it, so that tests can
+# compare both forms on a CPU.
+_CPU_GRADIENTS = {"hand_written": True}
+
+
+@contextlib.contextmanager
+def autodiff_on_cpu():
+    """Within this block, layers traced on a CPU take the other platforms' autodiff gradients."""
+    previous = _CPU_GRADIENTS["hand_written"]
+    _CPU_GRADIENTS["hand_written"] = False
+    try:
+        yield
+    finally:
+        _CPU_GRADIENTS["hand_written"] = previous
+
+
 def conv_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax.Array:
     """`nn.Conv(O, (4, 4), strides=(2, 2), padding='SAME')`'s product: `down(x, kernel)`.
 
@@ -178,7 +196,8 @@ def conv_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax
       (B, ceil(H/2), ceil(W/2), O), float32.
     """
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    return jax.lax.platform_dependent(x, kernel, cpu=_down_on_cpu, default=_down)
+    cpu = _down_on_cpu if _CPU_GRADIENTS["hand_written"] else _down
+    return jax.lax.platform_dependent(x, kernel, cpu=cpu, default=_down)
 
 
 def conv_transpose_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -205,4 +224,5 @@ def conv_transpose_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float
     def on_cpu(x, down_kernel):
         return _up_on_cpu(x, down_kernel, height, width)
 
-    return jax.lax.platform_dependent(x, down_kernel, cpu=on_cpu, default=by_autodiff)
+    cpu = on_cpu if _CPU_GRADIENTS["hand_written"] else by_autodiff
+    return jax.lax.platform_dependent(x, down_kernel, cpu=cpu, default=by_autodiff)

@@ -17,30 +17,31 @@ summed over pixels. Nothing of the training run is changed: evaluation only read
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from vae_jax import (
-    checkpoint,
+    cli,
     data,
     disentanglement,
-    models,
+    drawing,
+    evaluation,
     objectives,
-    outputs,
     pictures,
-    train,
+    rng,
+    trained,
 )
-from vae_jax.config import config_to_dict, get_config, validate_config
-from vae_jax.errors import ConfigError, VaeJaxError, WorkdirError
+from vae_jax import workdir as workdir_lib
+from vae_jax.config import config_to_dict
+from vae_jax.errors import ConfigError
+from vae_jax.step import to_float
 
 FLAGS = flags.FLAGS
 
@@ -49,25 +50,8 @@ PCA_FIT_EXAMPLES = 20_000
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with, from its config.json, validated."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise WorkdirError(
-            f"{workdir!r} has no config.json, so it is not a vae_jax workdir; train one with "
-            f"`python -m vae_jax.main --workdir {workdir}`."
-        )
-    with open(path) as f:
-        saved = json.load(f)
-    config = get_config()
-    unknown = sorted(set(saved) - set(config))
-    if unknown:
-        raise WorkdirError(
-            f"{path} has fields this version does not know: {', '.join(unknown)}; evaluate it "
-            "with the vae_jax version that trained it."
-        )
-    for field, value in saved.items():
-        config[field] = tuple(value) if isinstance(value, list) else value
-    validate_config(config)
+    """The config a single-model workdir was trained with (see `workdir.load_workdir_config`)."""
+    config = workdir_lib.load_workdir_config(workdir)
     if config.population_size > 1:
         raise ConfigError(
             f"{workdir!r} holds a population of {config.population_size} models; export a member "
@@ -75,25 +59,6 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
             "that workdir."
         )
     return config
-
-
-def restore_params(config, workdir: str, model, image_shape):
-    """(params, step) of the newest readable checkpoint; WorkdirError when there is none."""
-    objective = objectives.make_objective(config, model)
-    optimizer = train.build_optimizer(config, total_steps=config.num_epochs)
-    initial = train.create_train_state(
-        model, optimizer, image_shape, config.latents, config.seed, critic=objective.critic
-    )
-    with checkpoint.CheckpointStore(
-        os.path.join(workdir, "checkpoints"), config.max_to_keep
-    ) as store:
-        state, step, _ = store.restore_latest(initial, config)
-    if step == 0:
-        raise WorkdirError(
-            f"{workdir!r} has no checkpoint yet; train it first (checkpoints are written every "
-            f"{config.checkpoint_every_epochs} epoch(s))."
-        )
-    return state.params, step, state.key
 
 
 def _batches(count: int, batch_size: int):
@@ -104,7 +69,7 @@ def _batches(count: int, batch_size: int):
 def _float_batches(records, dataset, start, stop, key, binarize):
     """Float inputs of examples [start, stop): rendered and, for dynamically binarized training,
     the same fixed Bernoulli draw per example that training's evaluation scores."""
-    return train.eval_inputs(
+    return evaluation.eval_inputs(
         jnp.asarray(records[start:stop]), jnp.arange(start, stop), key, dataset.render, binarize
     )
 
@@ -116,7 +81,7 @@ def importance_weighted_nll(model, params, records, dataset, key, config, num_sa
     @jax.jit
     def bounds_of(params, records_batch, start, key):
         indices = start + jnp.arange(records_batch.shape[0])
-        x, _ = train.eval_inputs(
+        x, _ = evaluation.eval_inputs(
             records_batch, indices, key, dataset.render, config.dynamic_binarization
         )
         sample_key = jax.random.fold_in(jax.random.fold_in(key, 2), start)
@@ -124,7 +89,7 @@ def importance_weighted_nll(model, params, records, dataset, key, config, num_sa
             model, params, x, sample_key, num_samples, chunk_size
         )
 
-    padded = train.pad_to_multiple(records, batch_size)
+    padded = evaluation.pad_to_multiple(records, batch_size)
     values = []
     for start, stop in _batches(len(records), batch_size):
         bound = bounds_of(params, jnp.asarray(padded[start : start + batch_size]), start, key)
@@ -189,7 +154,7 @@ def dsprites_factor_source(model, params, dataset) -> disentanglement.FactorSour
 
     @jax.jit
     def represent(factors):
-        images = train.to_float(dataset.render(factors))
+        images = to_float(dataset.render(factors))
         return model.apply(params, images, method="encode")[0]
 
     return disentanglement.FactorSource(
@@ -221,10 +186,10 @@ def draw_pictures(config, workdir, model, params, dataset, records, key) -> list
             params, jnp.asarray(means[np.linspace(0, count - 1, len(shown)).astype(int)])
         )
     )
-    outputs.save_reconstructions(path("reconstructions.png"), shown, reconstructions)
+    drawing.save_reconstructions(path("reconstructions.png"), shown, reconstructions)
     z = jax.random.normal(key, (64, config.latents))
     samples = jax.jit(lambda p, z: objectives.likelihood_mean(*model.apply(p, z, method="decode")))
-    outputs.save_samples(path("samples.png"), np.asarray(samples(params, z)))
+    drawing.save_samples(path("samples.png"), np.asarray(samples(params, z)))
     pictures.save_traversals(path("traversals.png"), model, params, inputs[0])
     # Two inputs of different classes when labels exist, else the first and the middle one.
     second = count // 2
@@ -235,8 +200,8 @@ def draw_pictures(config, workdir, model, params, dataset, records, key) -> list
     if config.latents == 2:
         pictures.save_manifold(path("manifold.png"), model, params)
     if labels is not None:
-        outputs.save_latent_scatter(path("latents.png"), means, labels)
-    records_log = outputs.MetricsLog(os.path.join(workdir, "metrics.jsonl")).read()
+        drawing.save_latent_scatter(path("latents.png"), means, labels)
+    records_log = workdir_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl")).read()
     if records_log:
         pictures.save_training_curves(path("training_curves.png"), records_log, config.eval_split)
     return written
@@ -275,9 +240,10 @@ def evaluate_workdir(
     records = dataset.split(config.eval_split)
     if max_examples:
         records = records[:max_examples]
-    model = models.build_model(config, dataset.image_shape)
-    params, step, root_key = restore_params(config, workdir, model, dataset.image_shape)
-    eval_key = train.stream_key(root_key, train.EVAL_STREAM)
+    loaded = trained.load(workdir)
+    model, params, step = loaded.model, loaded.params, loaded.step
+    root_key = rng.root_key(config.seed)  # the run's root key: never changes during training
+    eval_key = rng.stream_key(root_key, rng.EVAL_STREAM)
     variational = objectives.is_variational(config.objective)
     binarize = config.dynamic_binarization
     split = config.eval_split
@@ -304,11 +270,11 @@ def evaluate_workdir(
 
     eval_batch = min(config.eval_batch_size, len(records))
     evaluate = jax.jit(
-        train.make_evaluate(
+        evaluation.make_evaluate(
             model, eval_batch, len(records), dataset.render, binarize, variational=variational
         )
     )
-    padded = jnp.asarray(train.pad_to_multiple(records, eval_batch))
+    padded = jnp.asarray(evaluation.pad_to_multiple(records, eval_batch))
     single = timed("elbo", lambda: jax.device_get(evaluate(params, padded, eval_key)))
     for name, value in single.items():
         metrics[f"{split}_{name}"] = float(value)
@@ -379,12 +345,12 @@ def evaluate_workdir(
                 params,
                 dataset,
                 records,
-                train.stream_key(root_key, train.PICTURES_STREAM),
+                rng.stream_key(root_key, rng.PICTURES_STREAM),
             ),
         )
     seconds["total"] = round(time.perf_counter() - started, 3)
     result["config"] = config_to_dict(config)
-    outputs.write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)
     return result
 
 
@@ -435,10 +401,9 @@ def _define_flags() -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from vae_jax.main import quiet_library_logs
-
-    quiet_library_logs()
-    try:
+    cli.quiet_library_logs()
+    with cli.user_errors():
+        cli.log_to_workdir(FLAGS.workdir)
         result = evaluate_workdir(
             FLAGS.workdir,
             iwae_samples=FLAGS.iwae_samples,
@@ -450,16 +415,12 @@ def main(argv) -> None:
             ),
             draw=FLAGS.pictures,
         )
-    except VaeJaxError as error:
-        logging.flush()
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(format_table(result))
 
 
 def run() -> None:
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

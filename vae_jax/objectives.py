@@ -18,7 +18,7 @@ objective minimises.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import jax
@@ -418,25 +418,44 @@ def make_autoencoder_loss(model, corruption: str | None = None, level: float = 0
     return loss_fn
 
 
-def make_objective(config: ml_collections.ConfigDict, model) -> Objective:
-    """The objective `config.objective` names, with its settings from `config`."""
+def make_objective(
+    config: ml_collections.ConfigDict, model, traced: Mapping | None = None
+) -> Objective:
+    """The objective `config.objective` names, with its settings from `config`.
+
+    Args:
+      config: a validated config.
+      model: the `models.VAE` it trains.
+      traced: values that replace config fields, possibly traced (a population passes each
+        member's weight, `config.POPULATION_WEIGHT_FIELDS`, this way): one compiled program then
+        serves any values of the sweep.
+    """
+    traced = traced or {}
+
+    def setting(field):
+        return traced[field] if field in traced else config[field]
+
     warmup = config.kl_warmup_steps
     name = config.objective
     if name in ("vae", "beta_vae"):
-        return Objective(make_elbo_loss(model, config.beta, warmup))
+        return Objective(make_elbo_loss(model, setting("beta"), warmup))
     if name == "annealed_vae":
         return Objective(
             make_annealed_loss(
-                model, config.capacity_gamma, config.capacity_max, config.capacity_steps, warmup
+                model,
+                setting("capacity_gamma"),
+                setting("capacity_max"),
+                config.capacity_steps,
+                warmup,
             )
         )
     if name == "beta_tcvae":
-        return Objective(make_beta_tcvae_loss(model, config.beta, warmup))
+        return Objective(make_beta_tcvae_loss(model, setting("beta"), warmup))
     if name == "factor_vae":
         return make_factor_vae_objective(
             model,
             config.latents,
-            config.factor_gamma,
+            setting("factor_gamma"),
             config.discriminator_hidden,
             config.discriminator_learning_rate,
             warmup,
@@ -447,7 +466,7 @@ def make_objective(config: ml_collections.ConfigDict, model) -> Objective:
         return Objective(make_autoencoder_loss(model))
     if name == "dae":
         return Objective(
-            make_autoencoder_loss(model, config.dae_corruption, config.dae_noise_level)
+            make_autoencoder_loss(model, config.dae_corruption, setting("dae_noise_level"))
         )
     raise ValueError(f"objective={name!r} is not known")  # validate_config rejects it first
 

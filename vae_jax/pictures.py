@@ -2,7 +2,7 @@
 and the training curves.
 
 Each picture is a pure function that returns an image array, and a `save_*` wrapper writes it as
-a PNG through `outputs.save_png` (atomically). The model pictures return (N, H, W, C) float32
+a PNG through `drawing.save_png` (atomically). The model pictures return (N, H, W, C) float32
 arrays of E[x|z] in [0, 1] (`objectives.likelihood_mean` of the decoder's output), in the order
 the PNG tiles them row by row; their JAX parts (encoding, building the latent codes, decoding)
 run as one compiled call per picture, with the model a static argument, so that drawing the same
@@ -11,7 +11,7 @@ all the latent codes, split into chunks of `chunk_size` codes (scanned with `lax
 there are more of them than that.
 
 `training_curves` draws the per-epoch lines of `metrics.jsonl` (read it with
-`outputs.MetricsLog(path).read()`) with PIL, on the host.
+`workdir.MetricsLog(path).read()`) with PIL, on the host.
 
 Images given to these functions are (H, W, C) arrays with C = 1 or 3: floats in [0, 1], or
 integer pixels 0..255 (divided by 255).
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vae_jax import objectives, outputs
+from vae_jax import drawing, objectives
 
 DEFAULT_CHUNK_SIZE = 1024  # latent codes decoded at once
 
@@ -300,7 +300,7 @@ def save_traversals(
 ) -> None:
     """`latent_traversals` as a PNG: one row per dimension, num_steps columns."""
     images = latent_traversals(model, params, image, num_steps, span, dimensions)
-    outputs.save_png(path, outputs.image_grid(images, columns=num_steps))
+    drawing.save_png(path, drawing.image_grid(images, columns=num_steps))
 
 
 def save_interpolation(path: str, model, params, image_a, image_b, num_steps: int = 10) -> None:
@@ -311,21 +311,21 @@ def save_interpolation(path: str, model, params, image_a, image_b, num_steps: in
     if images.ndim == 4:
         images, a, b = images[None], a[None], b[None]
     rows = np.concatenate([a[:, None], images, b[:, None]], axis=1)
-    grid = outputs.image_grid(rows.reshape((-1, *rows.shape[2:])), columns=num_steps + 2)
-    outputs.save_png(path, grid)
+    grid = drawing.image_grid(rows.reshape((-1, *rows.shape[2:])), columns=num_steps + 2)
+    drawing.save_png(path, grid)
 
 
 def save_manifold(path: str, model, params, side: int = 20) -> None:
     """`manifold_grid` as a PNG of side x side tiles."""
     images = manifold_grid(model, params, side)
-    outputs.save_png(path, outputs.image_grid(images, columns=side))
+    drawing.save_png(path, drawing.image_grid(images, columns=side))
 
 
 # ---------------------------------------------------------------------------------------------
 # Training curves, drawn with PIL.
 
-_TRAIN_COLOUR = outputs._PALETTE[0]  # blue
-_EVAL_COLOUR = outputs._PALETTE[1]  # orange
+_TRAIN_COLOUR = drawing.PALETTE[0]  # blue
+_EVAL_COLOUR = drawing.PALETTE[1]  # orange
 _AXIS_COLOUR = (0, 0, 0)
 _GRID_COLOUR = (225, 225, 225)
 _TEXT_COLOUR = (30, 30, 30)
@@ -450,7 +450,7 @@ def training_curves(
     covers the fewest points.
 
     Args:
-      records: the lines of `metrics.jsonl`, in order (`outputs.MetricsLog(path).read()`).
+      records: the lines of `metrics.jsonl`, in order (`workdir.MetricsLog(path).read()`).
       split: the evaluation split's name in the records: 'test' or 'valid'.
       size: (width, height) in pixels, at least (200, 150).
       title: the chart's title; None for one naming the quantity.
@@ -604,4 +604,4 @@ def save_training_curves(
     path: str, records: list[dict], split: str = "test", size: tuple[int, int] = (640, 400)
 ) -> None:
     """`training_curves` as a PNG."""
-    outputs.save_png(path, training_curves(records, split, size))
+    drawing.save_png(path, training_curves(records, split, size))

@@ -88,6 +88,26 @@ def check_dataset_name(name: str) -> None:
     )
 
 
+def first_examples(records: np.ndarray, limit: int) -> np.ndarray:
+    """The first `limit` records (0: all of them)."""
+    return records if limit == 0 else records[:limit]
+
+
+def load_splits(config) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """The data set a config names, and its training and evaluation records (`max_train_examples`
+    and `max_eval_examples` applied), checked against the batch size."""
+    dataset = load_dataset(config.dataset, config.image_size, config.data_dir)
+    train_records = first_examples(dataset.split("train"), config.max_train_examples)
+    eval_records = first_examples(dataset.split(config.eval_split), config.max_eval_examples)
+    num_train = len(train_records)
+    if config.batch_size > num_train:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is larger than the training split of "
+            f"{config.dataset!r} ({num_train} examples); allowed: 1 to {num_train}."
+        )
+    return dataset, train_records, eval_records
+
+
 def load_dataset(name: str, image_size: int = 64, data_dir: str = "") -> Dataset:
     """Loads a data set by its config name (see `check_dataset_name`).
 

@@ -16,7 +16,7 @@ import numpy as np
 from vae_jax.errors import ConfigError, DataError
 
 _INSTALL = "pip install 'vae_jax[tfds]' (from a checkout: pip install -e '.[tfds]')"
-_DOWNLOAD_HOST = "storage.googleapis.com"
+DOWNLOAD_HOST = "storage.googleapis.com"
 _ALTERNATIVES = (
     "prepare it on a machine with network access (tfds build, or tfds.load with download=True) "
     "and pass its directory as --config.data_dir, or give the files directly with "
@@ -27,7 +27,7 @@ _CENTER_CROPS = {"celeb_a": 148}
 _HAS_VALIDATION = ("celeb_a",)
 
 
-def _can_resolve(host: str, timeout_seconds: float = 3.0) -> bool:
+def can_resolve(host: str, timeout_seconds: float = 3.0) -> bool:
     """Whether `host` resolves within the timeout (the resolver's own timeout can be minutes)."""
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
@@ -140,10 +140,10 @@ def load_tfds(tfds_name: str, config_name: str, image_size: int = 64, data_dir: 
     except AssertionError as error:  # TFDS's way of saying the data set is not prepared
         if "could not find data" not in str(error):
             raise
-    if not _can_resolve(_DOWNLOAD_HOST):
+    if not can_resolve(DOWNLOAD_HOST):
         raise DataError(
             f"TFDS data set {tfds_name!r} is not prepared in {builder.data_dir} and cannot be "
-            f"downloaded: {_DOWNLOAD_HOST} does not resolve (no network). To use it, "
+            f"downloaded: {DOWNLOAD_HOST} does not resolve (no network). To use it, "
             f"{_ALTERNATIVES}."
         )
     builder.download_and_prepare()

@@ -1,22 +1,44 @@
-"""What a run leaves in its workdir besides checkpoints: config.json, metrics.jsonl, PNG grids.
+"""The workdir and its files besides checkpoints: config.json, run.json, metrics.jsonl, the lock.
 
 Files are written so that a crash never leaves a torn one: whole files by write-then-rename,
-metric lines appended and flushed one at a time.
+metric lines appended and flushed one at a time. A failed write becomes one `WorkdirError` that
+names the operating system's reason and the checkpoint that is intact (`write_failure`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
+import re
 import tempfile
 import time
+from collections.abc import Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw
+import ml_collections
 
-from vae_jax.errors import WorkdirError
+from vae_jax import config as config_lib
+from vae_jax.errors import ConfigError, WorkdirError
+
+__all__ = [
+    "CONFIG_FILE",
+    "RUN_FILE",
+    "prepare_workdir",
+    "write_json_atomic",
+    "read_json",
+    "MetricsLog",
+    "WorkdirLock",
+    "move_run_aside",
+    "write_failure",
+    "write_run_info",
+    "read_run_info",
+    "load_workdir_config",
+]
+
+CONFIG_FILE = "config.json"  # the resolved config, as `config.config_to_dict` writes it
+# What the config alone does not say: the image shape, the kind of run, the code version. Older
+# workdirs lack it; readers fall back to the data set for the shape.
+RUN_FILE = "run.json"
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -94,78 +116,6 @@ class MetricsLog:
             os.fsync(f.fileno())
 
 
-def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """Tiles (N, H, W, C) images in [0, 1] into one (rows*(H+1)+1, columns*(W+1)+1, C) uint8
-    image with 1-pixel gray borders; missing tiles stay gray."""
-    count, height, width, channels = images.shape
-    rows = max(1, math.ceil(count / columns))
-    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), 128, np.uint8)
-    pixels = np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    for index in range(count):
-        row, column = divmod(index, columns)
-        top, left = 1 + row * (height + 1), 1 + column * (width + 1)
-        grid[top : top + height, left : left + width] = pixels[index]
-    return grid
-
-
-def save_png(path: str, grid: np.ndarray) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".png") as f:
-        image.save(f, format="PNG")
-    os.replace(f.name, path)
-
-
-def save_reconstructions(path: str, inputs: np.ndarray, reconstructions: np.ndarray) -> None:
-    """Each input followed by its reconstruction, in pairs along rows of 8 pairs."""
-    pairs = np.stack([inputs, reconstructions], axis=1).reshape((-1, *inputs.shape[1:]))
-    save_png(path, image_grid(pairs, columns=16))
-
-
-def save_samples(path: str, samples: np.ndarray) -> None:
-    save_png(path, image_grid(samples, columns=8))
-
-
-# Ten well-separated colours (Tableau 10), cycled for more classes.
-_PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
-
-
-def latent_scatter(means: np.ndarray, labels: np.ndarray, size: int = 320) -> np.ndarray:
-    """An RGB scatter plot of the first two latent dimensions, a dot per example coloured by its
-    label, on a square symmetric about the origin; with one latent, the second axis is zero."""
-    points = np.asarray(means, np.float64)[:, :2]
-    if points.shape[1] == 1:
-        points = np.concatenate([points, np.zeros_like(points)], axis=1)
-    extent = max(float(np.percentile(np.abs(points), 99)) if len(points) else 1.0, 1e-6) * 1.05
-    margin = 8
-    pixels = np.clip((points / extent + 1) / 2 * (size - 2 * margin) + margin, 0, size - 1)
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    middle = size // 2
-    draw.line([(margin, middle), (size - margin, middle)], fill=(210, 210, 210))
-    draw.line([(middle, margin), (middle, size - margin)], fill=(210, 210, 210))
-    for (x, y), label in zip(pixels, np.asarray(labels)):
-        colour = _PALETTE[int(label) % len(_PALETTE)]
-        draw.ellipse([x - 2, size - 1 - y - 2, x + 2, size - 1 - y + 2], fill=colour)
-    return np.asarray(canvas)
-
-
-def save_latent_scatter(path: str, means: np.ndarray, labels: np.ndarray) -> None:
-    save_png(path, latent_scatter(means, labels))
-
-
 class WorkdirLock:
     """An exclusive lock on a workdir for the length of a run, so that two runs never
     interleave their checkpoints and metrics. It is an `flock` on `workdir/.lock`: the system
@@ -204,7 +154,7 @@ def move_run_aside(workdir: str) -> str | None:
     returns that directory, or None when there was nothing to move."""
     names = [
         n
-        for n in ("checkpoints", "metrics.jsonl", "images", "config.json")
+        for n in ("checkpoints", "metrics.jsonl", "members", "images", CONFIG_FILE, RUN_FILE)
         if os.path.exists(os.path.join(workdir, n))
     ]
     if not names:
@@ -214,3 +164,84 @@ def move_run_aside(workdir: str) -> str | None:
     for name in names:
         os.rename(os.path.join(workdir, name), os.path.join(destination, name))
     return destination
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_failure(
+    error: BaseException, workdir: str, complete_steps: Sequence[int]
+) -> WorkdirError:
+    """The error for a failed write: the operating system's reason, and which checkpoint is
+    intact (`complete_steps`, read from disk by the caller: saves are asynchronous, so the last
+    one started may be the one that failed)."""
+    text = str(error).strip()
+    code = re.search(r"os_error_code='?(\d+)", text)
+    reason = (
+        getattr(error, "strerror", None)
+        or (os.strerror(int(code.group(1))) if code else None)
+        or text.splitlines()[0].split(" [")[0][:300]
+    )
+    where = getattr(error, "filename", None) or workdir
+    kept = (
+        f"the last complete checkpoint (step {complete_steps[-1]}) is intact"
+        if complete_steps
+        else "no checkpoint had been completed"
+    )
+    return WorkdirError(
+        f"cannot write to the workdir: {reason} ({where}); {kept}. Free space or fix the "
+        "permissions and run the same command again to resume."
+    )
+
+
+def write_run_info(workdir: str, *, image_shape, kind: str, population_size: int) -> None:
+    """Writes run.json: what a reader needs beyond config.json to rebuild the model."""
+    from vae_jax import __version__
+
+    write_json_atomic(
+        os.path.join(workdir, RUN_FILE),
+        {
+            "image_shape": [int(n) for n in image_shape],
+            "kind": kind,
+            "population_size": int(population_size),
+            "vae_jax_version": __version__,
+        },
+    )
+
+
+def read_run_info(workdir: str) -> dict:
+    """run.json's contents, or {} for a workdir written before it existed."""
+    path = os.path.join(workdir, RUN_FILE)
+    return read_json(path) if os.path.isfile(path) else {}
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with, from its config.json, validated.
+
+    Raises:
+      WorkdirError: no config.json, or one with fields this version does not know.
+      ConfigError: the saved config does not validate.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise WorkdirError(
+            f"{workdir!r} has no {CONFIG_FILE}, so it is not a vae_jax workdir; train one with "
+            f"`python -m vae_jax.main --workdir {workdir}`."
+        )
+    saved = read_json(path)
+    config = config_lib.get_config()
+    unknown = sorted(set(saved) - set(config))
+    if unknown:
+        raise WorkdirError(
+            f"{path} has fields this version does not know: {', '.join(unknown)}; use the "
+            "vae_jax version that trained it."
+        )
+    for field, value in saved.items():
+        config[field] = tuple(value) if isinstance(value, list) else value
+    try:
+        config_lib.validate_config(config)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config

@@ -1,0 +1,198 @@
+"""What both commands (`python -m vae_jax.main`, `python -m vae_jax.evaluate`) share: flag
+parsing, one-line errors, and a terminal kept to the run's own lines.
+
+A problem the user can fix ends a command as `error: <one sentence>` on stderr with exit status 2,
+never a traceback. Libraries' chatter (Orbax's per-checkpoint INFO lines, its background threads'
+tracebacks when a disk fills up, TensorStore's orphaned callbacks) goes to `<workdir>/log.txt`
+when a workdir is known, and not to the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging as std_logging
+import os
+import signal
+import sys
+import threading
+
+import tqdm
+from absl import flags, logging
+
+from vae_jax.errors import Preempted, VaeJaxError
+
+__all__ = [
+    "LOG_FILE",
+    "fail",
+    "one_line",
+    "flag_error_message",
+    "parse_flags",
+    "quiet_library_logs",
+    "log_to_workdir",
+    "user_errors",
+]
+
+LOG_FILE = "log.txt"  # in the workdir: library messages kept off the terminal
+
+FLAGS = flags.FLAGS
+
+
+def fail(message: str) -> None:
+    """Prints `error: message` and exits with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line; ml_collections packs its message, with repr quotes
+    and newlines, into a KeyError."""
+    text = str(error.args[0]) if error.args else str(error)
+    while (
+        isinstance(error, (KeyError, AttributeError))
+        and text[:1] in "'\""
+        and text[-1:] == text[:1]
+    ):
+        text = text[1:-1].replace("\\'", "'")
+    return "; ".join(
+        line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()
+    )
+
+
+def flag_error_message(error: BaseException) -> str:
+    """The flag and its value (first line) and the cause (last line), without the traceback that
+    ml_collections embeds when a config file raises."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Flag errors, an override of a config field that does not exist or has the wrong type,
+    and a config file that raises all end here as one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        fail(flag_error_message(error))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        fail(f"invalid --config override: {one_line(error)}")
+
+
+def _is_library_record(record: std_logging.LogRecord) -> bool:
+    """Orbax's records, JAX's backend probe's, and the details of failures vae_jax has already
+    reported in one line: never what a user of vae_jax acts on."""
+    noisy = (f"{os.sep}orbax{os.sep}", f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py")
+    return (
+        any(part in record.pathname for part in noisy)
+        or record.name.startswith("orbax")
+        or record.name == "vae_jax.details"  # checkpoint.DETAILS
+    )
+
+
+class _TerminalFilter(std_logging.Filter):
+    """Keeps library records and asyncio's reports of orphaned Orbax reads off the terminal:
+    each failure they describe is reported by vae_jax itself in one line."""
+
+    _ORPHANS = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.name == "asyncio" and str(record.msg).startswith(self._ORPHANS):
+            return False
+        return not _is_library_record(record)
+
+
+class _LibraryFile(std_logging.FileHandler):
+    """The workdir's log.txt: library warnings and errors in full, for a post-mortem. A write that fails (the
+    full disk being reported) is dropped silently instead of printing a logging error."""
+
+    def __init__(self, path: str):
+        super().__init__(path, delay=True)
+        self.setLevel(std_logging.WARNING)  # their INFO lines say nothing a post-mortem needs
+        self.addFilter(lambda record: _is_library_record(record) or record.name == "asyncio")
+        self.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def handleError(self, record) -> None:
+        del record
+
+
+class _AboveProgressBar:
+    """A stream that prints log lines above the progress bar instead of through it."""
+
+    def write(self, text: str) -> None:
+        tqdm.tqdm.write(text, end="", file=sys.stderr)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """sys.stderr stays open: logging closes its handlers' streams at exit."""
+
+
+def _ignore_closed_event_loop(unraisable) -> None:
+    """After a failed Orbax restore, TensorStore's pending callbacks still try to reach the closed
+    asyncio loop, and each would print a traceback under the clear error message. Drop exactly
+    those; everything else goes to Python's default hook."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _library_thread_excepthook(args) -> None:
+    """An exception that ends one of Orbax's background threads (a save that hit a full disk) is
+    re-raised to the main thread by Orbax itself; its traceback goes to the log, not the
+    terminal. Other threads' exceptions print as usual."""
+    frames = []
+    trace = args.exc_traceback
+    while trace is not None:
+        frames.append(trace.tb_frame.f_code.co_filename)
+        trace = trace.tb_next
+    if any(f"{os.sep}orbax{os.sep}" in name for name in frames):
+        std_logging.getLogger("orbax").error(
+            "Background thread %s failed",
+            getattr(args.thread, "name", "?"),
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+        return
+    sys.__excepthook__(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def quiet_library_logs() -> None:
+    """Keeps a command's terminal output to its own lines (see the module docstring), and prints
+    log lines above the progress bar."""
+    sys.unraisablehook = _ignore_closed_event_loop
+    threading.excepthook = _library_thread_excepthook
+    handler = logging.get_absl_handler()
+    handler.addFilter(_TerminalFilter())
+    handler.python_handler.stream = _AboveProgressBar()
+    for name in ("asyncio", "orbax"):
+        for existing in std_logging.getLogger(name).handlers:
+            existing.addFilter(_TerminalFilter())
+
+
+def log_to_workdir(workdir: str) -> None:
+    """Sends library records to `<workdir>/log.txt`, opened on the first record (by then the
+    run has created the workdir; a record it cannot write is dropped)."""
+    std_logging.getLogger().addHandler(
+        _LibraryFile(os.path.join(os.path.abspath(workdir), LOG_FILE))
+    )
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns a `VaeJaxError` into its one line and exit status 2, and `Preempted` into the line
+    that says how to continue and the shell's status for the signal (128 + its number)."""
+    try:
+        yield
+    except VaeJaxError as error:
+        logging.flush()
+        fail(str(error))
+    except Preempted as stop:
+        logging.flush()
+        name = signal.Signals(stop.signum).name
+        print(
+            f"stopped by {name} at step {stop.step}, with a checkpoint of that step; run the same "
+            "command again to continue.",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)

@@ -1,0 +1,195 @@
+"""How the steps of an epoch reach the device: the pipeline, the step loop, compiled programs.
+
+'device' pipeline: the training split is on the device and a call is one compiled program.
+'stream': the host gathers the batches in the same order and prefetches them in chunks. The step
+loop is 'scan' (the steps compiled into one loop) or 'host' (the compiled step called once per
+step). Every combination runs the same `step.make_train_step` on the same batches; programs are
+compiled once per call length, before they are timed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from vae_jax import models, parallel
+from vae_jax.data import stream
+from vae_jax.step import (
+    make_host_loop_chunk,
+    make_host_loop_epoch,
+    make_train_chunk,
+    make_train_epoch,
+)
+
+__all__ = [
+    "DEVICE_DATA_BUDGET_BYTES",
+    "schedule_lengths",
+    "warn_slow_bf16",
+    "choose_pipeline",
+    "choose_step_loop",
+    "EpochRunner",
+]
+
+
+def schedule_lengths(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int, int]:
+    """(steps_per_epoch, schedule_steps, total_steps) of a run on `num_train` examples: the
+    learning-rate schedule spans num_epochs; max_steps, when set, ends training earlier."""
+    steps_per_epoch = num_train // config.batch_size
+    schedule_steps = config.num_epochs * steps_per_epoch
+    total_steps = min(schedule_steps, config.max_steps) if config.max_steps else schedule_steps
+    return steps_per_epoch, schedule_steps, total_steps
+
+
+def warn_slow_bf16(config: ml_collections.ConfigDict) -> None:
+    """bf16 on a CPU without bf16 units is slower than f32 (docs/performance.md): say so."""
+    if (
+        config.dtype == "bfloat16"
+        and jax.default_backend() == "cpu"
+        and models.cpu_has_bf16_units() is False
+    ):
+        logging.warning(
+            "dtype='bfloat16' on a CPU without bf16 units (no avx512_bf16, amx_bf16 or bf16 in "
+            "/proc/cpuinfo): XLA computes the bf16 products in float32 with conversions, so "
+            "this run is slower than with dtype='float32'. It trains correctly; use float32 "
+            "here for speed."
+        )
+
+
+# With pipeline='auto', a training split of at most this many bytes lives on the device.
+DEVICE_DATA_BUDGET_BYTES = 2 * 2**30
+
+
+def choose_pipeline(config: ml_collections.ConfigDict, train_records) -> str:
+    """'device' or 'stream': the config's choice, or for 'auto' whether the split fits."""
+    if config.pipeline != "auto":
+        return config.pipeline
+    fits = (
+        isinstance(train_records, np.ndarray) and train_records.nbytes <= DEVICE_DATA_BUDGET_BYTES
+    )
+    return "device" if fits else "stream"
+
+
+def choose_step_loop(config: ml_collections.ConfigDict) -> str:
+    """'scan' or 'host': the config's choice; 'auto' is 'scan' for every model and backend.
+
+    Scanning removes the per-step dispatch, and the conv model's convolutions are written in the
+    form XLA:CPU runs well inside loop bodies (`convolutions.py`; measurements in
+    docs/performance.md). 'host' stays for programs whose ops XLA runs slower in loop bodies
+    (jax-ml/jax#12868)."""
+    if config.step_loop != "auto":
+        return config.step_loop
+    return "scan"
+
+
+class EpochRunner:
+    """Runs the steps of one epoch by either pipeline, with programs compiled ahead of time.
+
+    'device': the split is on the device and the steps are one compiled scan
+    (`make_train_epoch`). 'stream': the host gathers batches in the same order and prefetches them
+    in chunks, each scanned by one compiled call (`make_train_chunk`). Both run the same
+    `train_step` on the same batches.
+    """
+
+    def __init__(
+        self,
+        pipeline,
+        train_step,
+        train_records,
+        batch_size,
+        steps_per_epoch,
+        shuffle_key,
+        chunk_steps,
+        mesh=None,
+        step_loop: str = "scan",
+    ):
+        self.mesh = parallel.data_mesh() if mesh is None else mesh
+        self.pipeline = pipeline
+        self.step_loop = step_loop
+        self.train_step = train_step
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.record_spec = (train_records.shape[1:], train_records.dtype)
+        self._programs = {}
+        if pipeline == "device":
+            # Small data: a full copy on every device; each device gathers its part of a batch.
+            self.train_on_device = parallel.put_replicated(train_records, self.mesh)
+        else:
+            self.loader = stream.StreamingLoader(
+                train_records,
+                batch_size,
+                steps_per_epoch,
+                shuffle_key,
+                chunk_steps,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                place=lambda chunk: parallel.put_process_batches(chunk, self.mesh, 1),
+            )
+            self.chunk_steps = chunk_steps
+
+    def program(self, state, num_steps: int):
+        """The compiled program for `num_steps` steps: compiled once, before it is timed."""
+        if num_steps not in self._programs:
+            started = time.perf_counter()
+            if self.pipeline == "device":
+                make = make_train_epoch if self.step_loop == "scan" else make_host_loop_epoch
+                fn = make(
+                    self.train_step,
+                    self.batch_size,
+                    self.steps_per_epoch,
+                    num_steps,
+                    parallel.batch_sharding(self.mesh),
+                )
+                example = self.train_on_device
+            else:
+                fn = (make_train_chunk if self.step_loop == "scan" else make_host_loop_chunk)(
+                    self.train_step
+                )
+                shape, dtype = self.record_spec
+                example = jax.ShapeDtypeStruct(
+                    (num_steps, self.batch_size, *shape),
+                    dtype,
+                    sharding=parallel.batch_sharding(self.mesh, leading_axes=1),
+                )
+            if self.step_loop == "scan":
+                program = jax.jit(fn, donate_argnums=0).lower(state, example).compile()
+            else:
+                program = fn(state, example)
+            self._programs[num_steps] = program
+            logging.info(
+                "Compiled the %d-step %s program (%s loop) in %.2f s.",
+                num_steps,
+                self.pipeline,
+                self.step_loop,
+                time.perf_counter() - started,
+            )
+        return self._programs[num_steps]
+
+    def prepare(self, state, first_step: int, num_steps: int) -> None:
+        """Compiles every program the epoch starting at `first_step` will call."""
+        if self.pipeline == "device":
+            self.program(state, num_steps)
+            return
+        first_batch = first_step % self.steps_per_epoch
+        for start in range(first_batch, first_batch + num_steps, self.chunk_steps):
+            self.program(state, min(self.chunk_steps, first_batch + num_steps - start))
+
+    def run(self, state, first_step: int, num_steps: int, should_stop=lambda: False):
+        """Steps [first_step, first_step + num_steps) of one epoch -> (state, host metrics).
+
+        Streaming checks `should_stop()` between chunks and may return after fewer steps; the
+        metrics say how many (their length)."""
+        if self.pipeline == "device":
+            state, step_metrics = self.program(state, num_steps)(state, self.train_on_device)
+            return state, jax.device_get(step_metrics)
+        chunks = []
+        for batches in self.loader.epoch(first_step, num_steps):
+            state, chunk_metrics = self.program(state, batches.shape[0])(state, batches)
+            chunks.append(chunk_metrics)
+            if should_stop():
+                break
+        chunks = jax.device_get(chunks)
+        return state, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}

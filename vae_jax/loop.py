@@ -1,0 +1,532 @@
+"""The host loop: the one place where training is driven, for one model and for populations.
+
+A single run and a population differ in data, not in control flow: one state or K states stacked
+along axis 0, one metrics log or K, one member config or K. A `Job` holds that data and builds the
+compiled `Programs` the loop calls; `run` does the rest, once for both:
+
+  lock the workdir -> restore the newest readable checkpoint -> write config.json and rewind the
+  metrics logs -> per call: train, check the losses are finite -> per epoch end: evaluate, check,
+  append records, draw pictures, save by the checkpoint rule -> on SIGTERM/SIGINT: save and raise
+  `Preempted` -> wait for the last save.
+
+Every failed write becomes one `WorkdirError` that names the intact checkpoint. The stop signals,
+the clock and the checkpoint store are parameters, so every branch is tested with fakes
+(tests/test_loop.py) without compiling anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from vae_jax import checkpoint
+from vae_jax import workdir as workdir_lib
+from vae_jax.config import POPULATION_WEIGHT_FIELDS, config_to_dict
+from vae_jax.errors import DivergenceError, Preempted
+
+__all__ = [
+    "Programs",
+    "Job",
+    "StopSignals",
+    "run",
+    "check_finite",
+    "epoch_record",
+    "summary",
+]
+
+
+class Programs(Protocol):
+    """The compiled side of a job, as the loop calls it. Metrics come back as host arrays: per
+    step (n,) for one model, (K, n) for K; evaluation figures as scalars, or (K,)."""
+
+    description: str  # for the log line that says how the data moves
+
+    def prepare(self, state, first_step: int, num_steps: int) -> None:
+        """Compiles what the call starting at `first_step` will run (kept out of the timing)."""
+
+    def run(self, state, first_step: int, num_steps: int, should_stop: Callable[[], bool]):
+        """Steps [first_step, first_step + num_steps) -> (state, metrics); may stop early
+        between chunks when `should_stop()`, and the metrics' length says how many ran."""
+
+    def evaluate(self, state) -> dict:
+        """The evaluation split's mean figures."""
+
+    def save_pictures(self, images_dir: str, epoch: int, state, write: bool) -> None:
+        """Draws the epoch's pictures (every process takes part) and, if `write`, saves them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What the loop trains.
+
+    Attributes:
+      config: the run's config, written to config.json and to every checkpoint.
+      members: the config each member trains exactly as; (config,) for a single run.
+      stacked: False for one model; True when state leaves and metrics have a member axis.
+      initial_state: the freshly initialised state: what a run without a checkpoint starts
+        from, and the structure a checkpoint is restored into.
+      steps_per_epoch: training batches per epoch.
+      total_steps: where training ends (num_epochs, or max_steps).
+      image_shape: (H, W, C) of the model's images, recorded in run.json.
+      build_programs: the compiled programs, from the restored state.
+    """
+
+    config: ml_collections.ConfigDict
+    members: tuple
+    stacked: bool
+    initial_state: Any
+    steps_per_epoch: int
+    total_steps: int
+    image_shape: tuple
+    build_programs: Callable[[Any], Programs]
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def metrics_paths(self, workdir: str) -> list[str]:
+        if not self.stacked:
+            return [os.path.join(workdir, "metrics.jsonl")]
+        return [os.path.join(workdir, "members", str(k), "metrics.jsonl") for k in range(self.size)]
+
+    def describe(self, k: int) -> str:
+        """How an error names member k: '' for a single run."""
+        if not self.stacked:
+            return ""
+        member = self.members[k]
+        weight = POPULATION_WEIGHT_FIELDS.get(member.objective, "beta")
+        return (
+            f"population member {k} (seed {member.seed}, {weight} {member[weight]:g}, "
+            f"learning_rate {member.learning_rate:g}): "
+        )
+
+    def member_slices(self, tree: dict) -> list[dict]:
+        """Per-member views of `tree` (leaves with a member axis when stacked)."""
+        if not self.stacked:
+            return [tree]
+        return [{name: values[k] for name, values in tree.items()} for k in range(self.size)]
+
+
+class StopSignals:
+    """Turns SIGTERM and SIGINT into a request to stop at the next call boundary (in the main
+    thread; elsewhere signals cannot be caught and nothing changes). A second Ctrl-C does not
+    wait."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning(
+            "Got %s: stopping at the next step boundary with a checkpoint.",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def check_finite(step_metrics: dict, first_step: int, epoch: int, last_checkpoint, learning_rate):
+    """Raises DivergenceError naming the first step whose loss or terms are not finite."""
+    bad = ~np.isfinite(step_metrics["loss"])
+    if not bad.any():
+        return
+    offset = int(np.argmax(bad))
+    values = ", ".join(f"{name}={float(v[offset]):.6g}" for name, v in sorted(step_metrics.items()))
+    kept = (
+        f"the last good checkpoint (step {last_checkpoint}) is kept"
+        if last_checkpoint
+        else "no checkpoint had been written"
+    )
+    raise DivergenceError(
+        f"the training loss became non-finite at step {first_step + offset + 1} (epoch {epoch}): "
+        f"{values}; {kept}. Lower learning_rate (now {learning_rate}) or check the data."
+    )
+
+
+def epoch_record(epoch, step, steps, epoch_metrics, eval_metrics, split, seconds, config, size=1):
+    """The metrics.jsonl line of a finished epoch, from its per-step training metrics.
+
+    `size` models trained in `seconds`, so examples_per_second counts all of their examples."""
+    values = {k: np.concatenate(v) for k, v in epoch_metrics.items()}
+    skipped = values.pop("skipped", np.zeros_like(values["loss"]))
+    used = skipped == 0
+    if not used.any():
+        raise DivergenceError(
+            f"every update of epoch {epoch} had a non-finite loss or gradient and was skipped "
+            f"(nan_policy='skip'); lower learning_rate (now {config.learning_rate})."
+        )
+    record = {
+        "epoch": epoch,
+        "step": step,
+        **{f"train_{k}": float(np.mean(v[used])) for k, v in sorted(values.items())},
+        **{f"{split}_{k}": float(v) for k, v in sorted(eval_metrics.items())},
+        "train_seconds": seconds,
+        "examples_per_second": steps * config.batch_size * size / seconds,
+    }
+    if config.nan_policy == "skip":
+        record["skipped_steps"] = int(np.sum(~used))
+    return record
+
+
+def summary(record: dict, split: str) -> str:
+    """'train_elbo -100.12, test_elbo -101.35 (recon 80.10, kl 21.25)', or the recon for an
+    autoencoder."""
+    if f"{split}_elbo" not in record:
+        return (
+            f"train_recon {record['train_recon']:.2f}, {split}_recon {record[f'{split}_recon']:.2f}"
+        )
+    return (
+        f"train_elbo {record['train_elbo']:.2f}, {split}_elbo {record[f'{split}_elbo']:.2f} "
+        f"(recon {record[f'{split}_recon']:.2f}, kl {record[f'{split}_kl']:.2f})"
+    )
+
+
+def headline(record: dict, split: str) -> str:
+    """The field a progress bar shows: the ELBO, or an autoencoder's reconstruction loss."""
+    return f"{split}_elbo" if f"{split}_elbo" in record else f"{split}_recon"
+
+
+def _as_json(epoch_metrics: dict) -> dict:
+    """Per-step float32 metrics as JSON lists; float32 -> Python float -> float32 is exact."""
+    return {k: [float(x) for x in np.concatenate(v)] for k, v in epoch_metrics.items() if v}
+
+
+def _unfinished_epoch(job: Job, extra: dict) -> tuple[list[dict], float]:
+    """The per-member step metrics and training time that a mid-epoch checkpoint carried.
+
+    The on-disk names are those of the first versions: `epoch_metrics` for one model,
+    `members_epoch_metrics` (a list) for a population."""
+    saved = extra.get("members_epoch_metrics") if job.stacked else [extra.get("epoch_metrics")]
+    saved = saved or [{}] * job.size
+    metrics = [
+        {name: [np.asarray(values, np.float32)] for name, values in (member or {}).items()}
+        for member in saved
+    ]
+    return metrics, float(extra.get("epoch_train_seconds", 0.0))
+
+
+def _unfinished_extra(job: Job, epoch_metrics: list[dict], seconds: float) -> dict:
+    if job.stacked:
+        return {
+            "members_epoch_metrics": [_as_json(m) for m in epoch_metrics],
+            "epoch_train_seconds": seconds,
+        }
+    return {"epoch_metrics": _as_json(epoch_metrics[0]), "epoch_train_seconds": seconds}
+
+
+def _start_outputs(job: Job, workdir: str, restored_step: int, is_primary: bool):
+    """Writes config.json and run.json and rewinds every metrics log to the restored checkpoint
+    (the primary process only: the others just read)."""
+    logs = [workdir_lib.MetricsLog(path) for path in job.metrics_paths(workdir)]
+    if not is_primary:
+        return logs
+    workdir_lib.write_json_atomic(
+        os.path.join(workdir, workdir_lib.CONFIG_FILE), config_to_dict(job.config)
+    )
+    workdir_lib.write_run_info(
+        workdir,
+        image_shape=job.image_shape,
+        kind="population" if job.stacked else "single",
+        population_size=job.size,
+    )
+    for k, log in enumerate(logs):
+        os.makedirs(os.path.dirname(log.path), exist_ok=True)
+        dropped = log.rewind(restored_step)
+        if dropped:
+            logging.info(
+                "%sDropped %d metric records past step %d; they will be redone.",
+                job.describe(k),
+                dropped,
+                restored_step,
+            )
+    if restored_step:
+        logging.info("Resumed from the checkpoint at step %d.", restored_step)
+    return logs
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The epoch/call loop of one `run`, past the restore: its position and the unfinished
+    epoch's metrics, and one method per branch."""
+
+    job: Job
+    workdir: str
+    programs: Programs
+    checkpoints: Any
+    logs: list
+    stop: Any
+    clock: Callable[[], float]
+    progress: Any
+    is_primary: bool
+    step: int
+    epoch_metrics: list[dict]
+    epoch_seconds: float
+    last_checkpoint: int = 0
+
+    def __post_init__(self):
+        self.last_checkpoint = self.step
+
+    def failure(self, error: BaseException):
+        return workdir_lib.write_failure(error, self.workdir, self.checkpoints.complete_steps())
+
+    def save(self, state, extra=None) -> None:
+        """Starts a checkpoint save; an earlier save's failure (a full disk) surfaces here. With
+        `extra` (a preemption, the process ends right after) it waits for the save."""
+        try:
+            self.checkpoints.save(self.step, state, self.job.config, extra)
+            if extra is not None:
+                self.checkpoints.wait()
+        except Exception as error:
+            raise self.failure(error) from error
+
+    def train(self, state):
+        """Runs every call to the end of training, or to a stop request."""
+        job = self.job
+        calls_per_epoch = job.config.steps_per_call or job.steps_per_epoch
+        while self.step < job.total_steps:
+            epoch = self.step // job.steps_per_epoch + 1
+            epoch_end = min(epoch * job.steps_per_epoch, job.total_steps)
+            num_steps = min(epoch_end - self.step, calls_per_epoch)
+            state = self.call(state, epoch, num_steps)
+            if self.step < epoch_end:  # inside the epoch: keep its metrics with the state
+                if self.stop.requested:
+                    self.save(state, _unfinished_extra(job, self.epoch_metrics, self.epoch_seconds))
+                    raise Preempted(self.stop.signum, self.step)
+                continue
+            self.finish_epoch(state, epoch)
+            if self.stop.requested and self.step < job.total_steps:
+                raise Preempted(self.stop.signum, self.step)
+        return state
+
+    def call(self, state, epoch: int, num_steps: int):
+        """One compiled call: train, check, and keep the steps' metrics for the epoch's record."""
+        self.programs.prepare(state, self.step, num_steps)  # compilation stays out of the timing
+        started = self.clock()
+        state, metrics = self.programs.run(state, self.step, num_steps, lambda: self.stop.requested)
+        self.epoch_seconds += self.clock() - started
+        done = None
+        for k, member_metrics in enumerate(self.job.member_slices(metrics)):
+            done = len(member_metrics["loss"])
+            if self.job.config.nan_policy == "stop":
+                self.check_training(k, member_metrics)
+            for name, values in member_metrics.items():
+                self.epoch_metrics[k].setdefault(name, []).append(np.asarray(values, np.float32))
+        self.step += done
+        self.progress.update(done)
+        return state
+
+    def check_training(self, k: int, member_metrics: dict) -> None:
+        member = self.job.members[k]
+        epoch = self.step // self.job.steps_per_epoch + 1
+        try:
+            check_finite(
+                member_metrics, self.step, epoch, self.last_checkpoint, member.learning_rate
+            )
+        except DivergenceError as error:
+            raise DivergenceError(f"{self.job.describe(k)}{error}") from None
+
+    def records(self, state, epoch: int) -> list[dict]:
+        """Evaluates every member and makes its record of the finished epoch."""
+        job, split = self.job, self.job.config.eval_split
+        evaluated = job.member_slices(jax.device_get(self.programs.evaluate(state)))
+        records = []
+        for k, (member, eval_metrics) in enumerate(zip(job.members, evaluated)):
+            if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
+                raise DivergenceError(
+                    f"{job.describe(k)}the {split} ELBO became non-finite after step {self.step} "
+                    f"(epoch {epoch}): {eval_metrics}; the last good checkpoint (step "
+                    f"{self.last_checkpoint}) is kept. Lower learning_rate (now "
+                    f"{member.learning_rate})."
+                )
+            steps = self.step - (epoch - 1) * job.steps_per_epoch
+            try:
+                records.append(
+                    epoch_record(
+                        epoch,
+                        self.step,
+                        steps,
+                        self.epoch_metrics[k],
+                        eval_metrics,
+                        split,
+                        self.epoch_seconds,
+                        member,
+                        size=job.size,
+                    )
+                )
+            except DivergenceError as error:
+                raise DivergenceError(f"{job.describe(k)}{error}") from None
+        return records
+
+    def finish_epoch(self, state, epoch: int) -> None:
+        """Evaluation, records, pictures, the checkpoint rule and the log line of an epoch end."""
+        job, config = self.job, self.job.config
+        records = self.records(state, epoch)
+        try:
+            if self.is_primary:
+                for log, record in zip(self.logs, records):
+                    log.append(record)
+            if epoch % config.images_every_epochs == 0 or self.step == job.total_steps:
+                images_dir = os.path.join(self.workdir, "images")
+                self.programs.save_pictures(images_dir, epoch, state, self.is_primary)
+        except OSError as error:
+            raise self.failure(error) from error
+        self.epoch_metrics, self.epoch_seconds = [{} for _ in job.members], 0.0
+        if (
+            epoch % config.checkpoint_every_epochs == 0
+            or self.step == job.total_steps
+            or self.stop.requested
+        ):
+            self.save(state)
+            self.last_checkpoint = self.step
+        self.log_epoch(epoch, records)
+
+    def log_epoch(self, epoch: int, records: list[dict]) -> None:
+        split = self.job.config.eval_split
+        field = headline(records[0], split)
+        self.progress.set_postfix({field: " ".join(f"{r[field]:.2f}" for r in records)})
+        text = (
+            summary(records[0], split)
+            if not self.job.stacked
+            else f"{field} per member " + " ".join(f"{r[field]:.2f}" for r in records)
+        )
+        logging.info(
+            "epoch %d/%d step %d: %s nats; %.2f s, %.0f examples/s",
+            epoch,
+            math.ceil(self.job.total_steps / self.job.steps_per_epoch),
+            self.step,
+            text,
+            records[0]["train_seconds"],
+            records[0]["examples_per_second"],
+        )
+
+
+def run(
+    job: Job,
+    workdir: str,
+    *,
+    start_fresh: bool = False,
+    signals: Callable[[], Any] = StopSignals,
+    clock: Callable[[], float] = time.perf_counter,
+    open_checkpoints: Callable[[str, int], Any] = checkpoint.CheckpointStore,
+) -> list[list[dict]]:
+    """Trains `job` in `workdir`, or resumes it, to `job.total_steps`.
+
+    Args:
+      job: what to train (see `Job`).
+      workdir: an existing, writable directory (`workdir.prepare_workdir`).
+      start_fresh: move a previous run aside (to `previous-<time>/`) instead of resuming it.
+      signals: makes the context manager that tells of a stop request (`StopSignals`).
+      clock: seconds, for `train_seconds`.
+      open_checkpoints: `(directory, max_to_keep) -> store`, a `checkpoint.CheckpointStore`.
+
+    Returns:
+      Per member, the records of its metrics log after the run.
+
+    Raises:
+      VaeJaxError: a problem the user can fix: found before the workdir changed, or (a diverging
+        run, a failed write) with the intact checkpoint named.
+      Preempted: a stop was requested; a checkpoint of the step reached was saved.
+    """
+    is_primary = jax.process_index() == 0  # one process writes metrics, pictures, config.json
+    with contextlib.ExitStack() as cleanup:  # unlocks and closes checkpoints on every exit
+        if is_primary:
+            cleanup.enter_context(workdir_lib.WorkdirLock(workdir))
+            if start_fresh:
+                moved_to = workdir_lib.move_run_aside(workdir)
+                if moved_to:
+                    logging.info("Moved the previous run aside to %s.", moved_to)
+        checkpoints = cleanup.enter_context(
+            open_checkpoints(os.path.join(workdir, "checkpoints"), job.config.max_to_keep)
+        )
+        state, restored_step, extra = checkpoints.restore_latest(job.initial_state, job.config)
+        # Every check has passed: from here on the workdir is written.
+        try:
+            logs = _start_outputs(job, workdir, restored_step, is_primary)
+        except OSError as error:
+            raise workdir_lib.write_failure(error, workdir, checkpoints.complete_steps()) from error
+        if restored_step >= job.total_steps:
+            logging.info(
+                "Already trained to step %d of %d; raise num_epochs to go on.",
+                restored_step,
+                job.total_steps,
+            )
+            return [log.read() for log in logs]
+        programs = job.build_programs(state)
+        logging.info("%s", programs.description)
+        _train(
+            job,
+            workdir,
+            programs,
+            checkpoints,
+            logs,
+            state,
+            restored_step,
+            extra,
+            signals=signals,
+            clock=clock,
+            is_primary=is_primary,
+        )
+        return [log.read() for log in logs]
+
+
+def _train(
+    job, workdir, programs, checkpoints, logs, state, step, extra, *, signals, clock, is_primary
+) -> None:
+    epoch_metrics, epoch_seconds = _unfinished_epoch(job, extra)
+    progress = tqdm.tqdm(
+        total=job.total_steps,
+        initial=step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (job.config.progress_bar and is_primary),
+        desc="training" if not job.stacked else f"training {job.size} models",
+    )
+    with signals() as stop, progress:
+        loop = _Loop(
+            job,
+            workdir,
+            programs,
+            checkpoints,
+            logs,
+            stop,
+            clock,
+            progress,
+            is_primary,
+            step,
+            epoch_metrics,
+            epoch_seconds,
+        )
+        loop.train(state)
+    try:
+        checkpoints.wait()  # the last save is complete, or its failure is reported here
+    except Exception as error:
+        raise loop.failure(error) from error
