@@ -20,8 +20,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -36,16 +34,10 @@ from vae_jax import checkpoint
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import POPULATION_WEIGHT_FIELDS, config_to_dict
 from vae_jax.errors import DivergenceError, Preempted
+from vae_jax.records import as_json, check_finite, epoch_record, headline, summary
+from vae_jax.stopping import StopSignals
 
-__all__ = [
-    "Programs",
-    "Job",
-    "StopSignals",
-    "run",
-    "check_finite",
-    "epoch_record",
-    "summary",
-]
+__all__ = ["Programs", "Job", "StopSignals", "run"]
 
 
 class Programs(Protocol):
@@ -120,106 +112,6 @@ class Job:
         return [{name: values[k] for name, values in tree.items()} for k in range(self.size)]
 
 
-class StopSignals:
-    """Turns SIGTERM and SIGINT into a request to stop at the next call boundary (in the main
-    thread; elsewhere signals cannot be caught and nothing changes). A second Ctrl-C does not
-    wait."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logging.warning(
-            "Got %s: stopping at the next step boundary with a checkpoint.",
-            signal.Signals(signum).name,
-        )
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def check_finite(step_metrics: dict, first_step: int, epoch: int, last_checkpoint, learning_rate):
-    """Raises DivergenceError naming the first step whose loss or terms are not finite."""
-    bad = ~np.isfinite(step_metrics["loss"])
-    if not bad.any():
-        return
-    offset = int(np.argmax(bad))
-    values = ", ".join(f"{name}={float(v[offset]):.6g}" for name, v in sorted(step_metrics.items()))
-    kept = (
-        f"the last good checkpoint (step {last_checkpoint}) is kept"
-        if last_checkpoint
-        else "no checkpoint had been written"
-    )
-    raise DivergenceError(
-        f"the training loss became non-finite at step {first_step + offset + 1} (epoch {epoch}): "
-        f"{values}; {kept}. Lower learning_rate (now {learning_rate}) or check the data."
-    )
-
-
-def epoch_record(epoch, step, steps, epoch_metrics, eval_metrics, split, seconds, config, size=1):
-    """The metrics.jsonl line of a finished epoch, from its per-step training metrics.
-
-    `size` models trained in `seconds`, so examples_per_second counts all of their examples."""
-    values = {k: np.concatenate(v) for k, v in epoch_metrics.items()}
-    skipped = values.pop("skipped", np.zeros_like(values["loss"]))
-    used = skipped == 0
-    if not used.any():
-        raise DivergenceError(
-            f"every update of epoch {epoch} had a non-finite loss or gradient and was skipped "
-            f"(nan_policy='skip'); lower learning_rate (now {config.learning_rate})."
-        )
-    record = {
-        "epoch": epoch,
-        "step": step,
-        **{f"train_{k}": float(np.mean(v[used])) for k, v in sorted(values.items())},
-        **{f"{split}_{k}": float(v) for k, v in sorted(eval_metrics.items())},
-        "train_seconds": seconds,
-        "examples_per_second": steps * config.batch_size * size / seconds,
-    }
-    if config.nan_policy == "skip":
-        record["skipped_steps"] = int(np.sum(~used))
-    return record
-
-
-def summary(record: dict, split: str) -> str:
-    """'train_elbo -100.12, test_elbo -101.35 (recon 80.10, kl 21.25)', or the recon for an
-    autoencoder."""
-    if f"{split}_elbo" not in record:
-        return (
-            f"train_recon {record['train_recon']:.2f}, {split}_recon {record[f'{split}_recon']:.2f}"
-        )
-    return (
-        f"train_elbo {record['train_elbo']:.2f}, {split}_elbo {record[f'{split}_elbo']:.2f} "
-        f"(recon {record[f'{split}_recon']:.2f}, kl {record[f'{split}_kl']:.2f})"
-    )
-
-
-def headline(record: dict, split: str) -> str:
-    """The field a progress bar shows: the ELBO, or an autoencoder's reconstruction loss."""
-    return f"{split}_elbo" if f"{split}_elbo" in record else f"{split}_recon"
-
-
-def _as_json(epoch_metrics: dict) -> dict:
-    """Per-step float32 metrics as JSON lists; float32 -> Python float -> float32 is exact."""
-    return {k: [float(x) for x in np.concatenate(v)] for k, v in epoch_metrics.items() if v}
-
-
 def _unfinished_epoch(job: Job, extra: dict) -> tuple[list[dict], float]:
     """The per-member step metrics and training time that a mid-epoch checkpoint carried.
 
@@ -237,10 +129,10 @@ def _unfinished_epoch(job: Job, extra: dict) -> tuple[list[dict], float]:
 def _unfinished_extra(job: Job, epoch_metrics: list[dict], seconds: float) -> dict:
     if job.stacked:
         return {
-            "members_epoch_metrics": [_as_json(m) for m in epoch_metrics],
+            "members_epoch_metrics": [as_json(m) for m in epoch_metrics],
             "epoch_train_seconds": seconds,
         }
-    return {"epoch_metrics": _as_json(epoch_metrics[0]), "epoch_train_seconds": seconds}
+    return {"epoch_metrics": as_json(epoch_metrics[0]), "epoch_train_seconds": seconds}
 
 
 def _start_outputs(job: Job, workdir: str, restored_step: int, is_primary: bool):
