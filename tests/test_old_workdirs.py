@@ -20,8 +20,8 @@ import os
 import shutil
 
 import numpy as np
+from conftest import small_config
 
-from vae_jax.config import get_config
 from vae_jax.population import train_population
 from vae_jax.train import train_and_evaluate
 
@@ -35,20 +35,8 @@ RTOL = 1e-4
 
 def tiny_config(**overrides):
     """The config the fixtures were written with (make_fixtures.py's `tiny_config`)."""
-    config = get_config()
-    config.max_train_examples = 1024  # 8 steps per epoch at batch_size 128
-    config.max_eval_examples = 500
-    config.batch_size = 128
-    config.hidden_sizes = (16,)
-    config.latents = 2
-    config.eval_batch_size = 250
-    config.num_image_examples = 4
-    config.progress_bar = False
-    config.max_to_keep = 1
-    config.images_every_epochs = 100
-    for field, value in overrides.items():
-        config[field] = value
-    return config
+    settings = {"hidden_sizes": (16,), "latents": 2, "num_image_examples": 4, "max_to_keep": 1}
+    return small_config(**{**settings, "images_every_epochs": 100, **overrides})
 
 
 def copy_fixture(name, tmp_path) -> str:

@@ -9,6 +9,7 @@ compiled once per call length, before they are timed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -16,7 +17,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vae_jax import models, parallel
+from vae_jax import data, models, objectives, optim, parallel
+from vae_jax.config import validate_config
 from vae_jax.data import stream
 from vae_jax.step import (
     make_host_loop_chunk,
@@ -26,6 +28,8 @@ from vae_jax.step import (
 )
 
 __all__ = [
+    "RunParts",
+    "build_parts",
     "DEVICE_DATA_BUDGET_BYTES",
     "schedule_lengths",
     "warn_slow_bf16",
@@ -33,6 +37,44 @@ __all__ = [
     "choose_step_loop",
     "EpochRunner",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParts:
+    """What a single run and a population both build from a config, before any workdir is
+    touched or any program compiled: the data, the step counts, the model, its objective and
+    its optimizer (a population's members differ only in traced values of these)."""
+
+    dataset: data.Dataset
+    train_records: np.ndarray
+    eval_records: np.ndarray
+    steps_per_epoch: int
+    schedule_steps: int
+    total_steps: int
+    model: models.VAE
+    objective: objectives.Objective
+    optimizer: object
+
+
+def build_parts(config: ml_collections.ConfigDict) -> RunParts:
+    """Validates `config`, loads its data and builds its model, objective and optimizer."""
+    validate_config(config)
+    dataset, train_records, eval_records = data.load_splits(config)
+    steps_per_epoch, schedule_steps, total_steps = schedule_lengths(config, len(train_records))
+    warn_slow_bf16(config)
+    model = models.build_model(config, dataset.image_shape)
+    return RunParts(
+        dataset=dataset,
+        train_records=train_records,
+        eval_records=eval_records,
+        steps_per_epoch=steps_per_epoch,
+        schedule_steps=schedule_steps,
+        total_steps=total_steps,
+        model=model,
+        objective=objectives.make_objective(config, model),
+        # A population's members share it: its state depends on the rate's kind, not its value.
+        optimizer=optim.build_optimizer(config, schedule_steps),
+    )
 
 
 def schedule_lengths(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int, int]:

@@ -14,10 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import drawing, models, objectives, rng
+from vae_jax import drawing, models, objectives, parallel, rng
 from vae_jax.step import records_to_float, to_float
 
-__all__ = ["eval_inputs", "make_evaluate", "make_pictures", "pad_to_multiple", "EpochPictures"]
+__all__ = [
+    "eval_inputs",
+    "make_evaluate",
+    "make_split_evaluate",
+    "make_pictures",
+    "pad_to_multiple",
+    "EpochPictures",
+]
 
 
 def eval_inputs(records, indices, key, render=None, binarize: bool = False):
@@ -78,6 +85,26 @@ def make_evaluate(
         return {k: v / num_examples for k, v in totals.items()}
 
     return evaluate
+
+
+def make_split_evaluate(config, model, render, eval_records: np.ndarray, mesh, shard_batches=True):
+    """The per-epoch evaluation of a run: `(evaluate, records on the device)`, with evaluate as
+    in `make_evaluate` and the records padded to its batch size and copied to every device.
+
+    With `shard_batches`, each evaluation batch is split over the mesh's devices, so its size is
+    rounded up to a multiple of their number."""
+    devices = mesh.size if shard_batches else 1
+    batch_size = -(-min(config.eval_batch_size, len(eval_records)) // devices) * devices
+    evaluate = make_evaluate(
+        model,
+        batch_size,
+        len(eval_records),
+        render,
+        binarize=config.dynamic_binarization,
+        batch_sharding=parallel.batch_sharding(mesh) if shard_batches else None,
+        variational=objectives.is_variational(config.objective),
+    )
+    return evaluate, parallel.put_replicated(pad_to_multiple(eval_records, batch_size), mesh)
 
 
 def make_pictures(model: models.VAE, num_samples: int):

@@ -51,7 +51,6 @@ from absl import logging
 
 from vae_jax import (
     checkpoint,
-    data,
     engine,
     evaluation,
     loop,
@@ -202,34 +201,30 @@ class PopulationPrograms:
         del images_dir, epoch, state, write
 
 
-def _build_programs(config, model, dataset, splits, members, schedule_steps, steps_per_epoch):
+def _build_programs(config, parts: engine.RunParts, members):
     """`state -> PopulationPrograms`, for `loop.Job.build_programs`."""
-    train_records, eval_records = splits
     mesh = parallel.data_mesh()
 
     def build(state) -> PopulationPrograms:
-        eval_batch_size = min(config.eval_batch_size, len(eval_records))
-        evaluate = evaluation.make_evaluate(
-            model,
-            eval_batch_size,
-            len(eval_records),
-            dataset.render,
-            binarize=config.dynamic_binarization,
-            variational=objectives.is_variational(config.objective),
+        evaluate, eval_on_device = evaluation.make_split_evaluate(
+            config, parts.model, parts.dataset.render, parts.eval_records, mesh, shard_batches=False
         )
         return PopulationPrograms(
             make_epoch=lambda num_steps: make_population_epoch(
-                model, config, dataset.render, schedule_steps, steps_per_epoch, num_steps
+                parts.model,
+                config,
+                parts.dataset.render,
+                parts.schedule_steps,
+                parts.steps_per_epoch,
+                num_steps,
             ),
             hyperparameters=member_hyperparameters(members),
-            train_on_device=parallel.put_replicated(train_records, mesh),
+            train_on_device=parallel.put_replicated(parts.train_records, mesh),
             evaluate_fn=jax.jit(jax.vmap(evaluate, in_axes=(0, None, 0))),
-            eval_on_device=parallel.put_replicated(
-                evaluation.pad_to_multiple(eval_records, eval_batch_size), mesh
-            ),
+            eval_on_device=eval_on_device,
             eval_keys=jax.vmap(rng.stream_key, in_axes=(0, None))(state.key, rng.EVAL_STREAM),
             description=(
-                f"Data {dataset.name}: {len(train_records)} training examples, "
+                f"Data {parts.dataset.name}: {len(parts.train_records)} training examples, "
                 f"{len(members)} members in one device program."
             ),
             size=len(members),
@@ -241,9 +236,8 @@ def _build_programs(config, model, dataset, splits, members, schedule_steps, ste
 def build_job(config: ml_collections.ConfigDict) -> loop.Job:
     """The `loop.Job` of a population: checks the config and data, and initialises every member
     as its single run would. Touches no workdir."""
-    validate_config(config)
-    dataset, train_records, eval_records = data.load_splits(config)
-    if engine.choose_pipeline(config, train_records) != "device":
+    parts = engine.build_parts(config)
+    if engine.choose_pipeline(config, parts.train_records) != "device":
         raise ConfigError(
             f"pipeline={config.pipeline!r} streams the training split, which a population cannot "
             "do: its members share one copy of the split on the device; use pipeline='device' "
@@ -257,35 +251,24 @@ def build_job(config: ml_collections.ConfigDict) -> loop.Job:
             "devices); run it with one visible device (CUDA_VISIBLE_DEVICES=0), or train the "
             "members as single runs."
         )
-    steps_per_epoch, schedule_steps, total_steps = engine.schedule_lengths(
-        config, len(train_records)
-    )
-    engine.warn_slow_bf16(config)
-    model = models.build_model(config, dataset.image_shape)
     members = tuple(member_config(config, k) for k in range(config.population_size))
-    # The optimizer's state does not depend on the learning rate's value, only on its kind.
-    optimizer = optim.build_optimizer(config, schedule_steps)
-    critic = objectives.make_objective(config, model).critic
     initial_state = initial_population_state(
-        model, optimizer, dataset.image_shape, config.latents, [m.seed for m in members], critic
+        parts.model,
+        parts.optimizer,
+        parts.dataset.image_shape,
+        config.latents,
+        [m.seed for m in members],
+        parts.objective.critic,
     )
     return loop.Job(
         config=config,
         members=members,
         stacked=True,
         initial_state=initial_state,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        image_shape=tuple(dataset.image_shape),
-        build_programs=_build_programs(
-            config,
-            model,
-            dataset,
-            (train_records, eval_records),
-            members,
-            schedule_steps,
-            steps_per_epoch,
-        ),
+        steps_per_epoch=parts.steps_per_epoch,
+        total_steps=parts.total_steps,
+        image_shape=tuple(parts.dataset.image_shape),
+        build_programs=_build_programs(config, parts, members),
     )
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import ml_collections
 
-from vae_jax import data, engine, evaluation, loop, models, objectives, optim, parallel, rng
+from vae_jax import engine, evaluation, loop, parallel, rng
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import validate_config
 from vae_jax.errors import ConfigError
@@ -45,54 +45,42 @@ class SingleModelPrograms:
         self.pictures.save(images_dir, epoch, state.params, write)
 
 
-def _build_programs(config, model, objective, optimizer, dataset, splits, mesh, steps_per_epoch):
+def _build_programs(config, parts: engine.RunParts, mesh):
     """`state -> SingleModelPrograms`, for `loop.Job.build_programs`."""
-    train_records, eval_records = splits
+    dataset, train_records = parts.dataset, parts.train_records
 
     def build(state) -> SingleModelPrograms:
         train_step = make_train_step(
-            objective,
-            optimizer,
+            parts.objective,
+            parts.optimizer,
             config.dynamic_binarization,
             dataset.render,
             skip_nonfinite=config.nan_policy == "skip",
         )
-        pipeline, step_loop = (
-            engine.choose_pipeline(config, train_records),
-            engine.choose_step_loop(config),
-        )
+        pipeline = engine.choose_pipeline(config, train_records)
+        step_loop = engine.choose_step_loop(config)
         runner = engine.EpochRunner(
             pipeline,
             train_step,
             train_records,
             config.batch_size,
-            steps_per_epoch,
+            parts.steps_per_epoch,
             rng.stream_key(state.key, rng.SHUFFLE_STREAM),
             config.stream_chunk_steps,
             mesh,
             step_loop,
         )
-        # Evaluation batches are split over the devices too: round their size up to a multiple.
-        eval_batch_size = (
-            -(-min(config.eval_batch_size, len(eval_records)) // mesh.size) * mesh.size
-        )
-        evaluate = evaluation.make_evaluate(
-            model,
-            eval_batch_size,
-            len(eval_records),
-            dataset.render,
-            binarize=config.dynamic_binarization,
-            batch_sharding=parallel.batch_sharding(mesh),
-            variational=objectives.is_variational(config.objective),
+        evaluate, eval_on_device = evaluation.make_split_evaluate(
+            config, parts.model, dataset.render, parts.eval_records, mesh
         )
         return SingleModelPrograms(
             runner=runner,
             evaluate_fn=jax.jit(evaluate),
-            eval_on_device=parallel.put_replicated(
-                evaluation.pad_to_multiple(eval_records, eval_batch_size), mesh
-            ),
+            eval_on_device=eval_on_device,
             eval_key=rng.stream_key(state.key, rng.EVAL_STREAM),
-            pictures=evaluation.EpochPictures(config, model, dataset, eval_records, state.key),
+            pictures=evaluation.EpochPictures(
+                config, parts.model, dataset, parts.eval_records, state.key
+            ),
             description=(
                 f"Data {dataset.name}: {len(train_records)} training examples, {pipeline} "
                 f"pipeline, {step_loop} loop."
@@ -105,48 +93,31 @@ def _build_programs(config, model, objective, optimizer, dataset, splits, mesh, 
 def build_job(config: ml_collections.ConfigDict) -> loop.Job:
     """The `loop.Job` of a single run of `config`: checks the config and the data, builds the
     model and its initial state. Touches no workdir."""
-    validate_config(config)
-    dataset, train_records, eval_records = data.load_splits(config)
-    steps_per_epoch, schedule_steps, total_steps = engine.schedule_lengths(
-        config, len(train_records)
-    )
+    parts = engine.build_parts(config)
     mesh = parallel.data_mesh()
     if config.batch_size % mesh.size:
         raise ConfigError(
             f"batch_size={config.batch_size} must be divisible by the {mesh.size} devices, which "
             f"split every batch; allowed: multiples of {mesh.size}."
         )
-    engine.warn_slow_bf16(config)
-    model = models.build_model(config, dataset.image_shape)
-    objective = objectives.make_objective(config, model)
-    optimizer = optim.build_optimizer(config, schedule_steps)
     initial_state = create_train_state(
-        model,
-        optimizer,
-        dataset.image_shape,
+        parts.model,
+        parts.optimizer,
+        parts.dataset.image_shape,
         config.latents,
         config.seed,
         sharding=parallel.replicated(mesh),
-        critic=objective.critic,
+        critic=parts.objective.critic,
     )
     return loop.Job(
         config=config,
         members=(config,),
         stacked=False,
         initial_state=initial_state,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        image_shape=tuple(dataset.image_shape),
-        build_programs=_build_programs(
-            config,
-            model,
-            objective,
-            optimizer,
-            dataset,
-            (train_records, eval_records),
-            mesh,
-            steps_per_epoch,
-        ),
+        steps_per_epoch=parts.steps_per_epoch,
+        total_steps=parts.total_steps,
+        image_shape=tuple(parts.dataset.image_shape),
+        build_programs=_build_programs(config, parts, mesh),
     )
 
 
