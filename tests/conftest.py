@@ -20,9 +20,9 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # From a fresh clone (CI) nothing is cached and compiling is most of the suite's time: LLVM's
-# optimisation of the machine code XLA:CPU generates. At level 0 a cold run of test_train.py and
-# test_objectives.py took 87-89 s instead of 139-145 s, and a warm one the same 43 s: the tests'
-# programs are small, and speed is measured by benchmarks/, never here. XLA's own passes (fusion,
+# optimisation of the machine code XLA:CPU generates. Level 0 cuts a cold run by about a third
+# and leaves a warm one as it was (docs/development.md): the tests' programs are small, and
+# speed is measured by benchmarks/, never here. XLA's own passes (fusion,
 # layouts, the convolution forms tests/test_models.py reads from the compiled HLO) run as usual.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (

@@ -21,11 +21,10 @@ and `up` is the decoder's transposed convolution (`nn.ConvTranspose(..., (4, 4),
 Why not autodiff: XLA:CPU hands a convolution to YNNPACK only in the plain NHWC/HWIO form
 with no zeros inserted into the input (XLA's `ynn_support.cc`). Autodiff's `up` inserts zeros
 and its `taps` swaps batch and channels, so both fall back to XLA's own convolution, which
-inside a compiled loop (`lax.scan`) ran 4-21x slower than the forms here (jax-ml/jax#12868).
-Timed per call inside a scan at batch 128, the encoder's second layer (14x14x32 -> 7x7x64):
-`up` 12.3 ms by autodiff, 2.9 ms as four phase convolutions; `taps` 171 ms by autodiff, 8.0 ms
-as sixteen products. On other platforms (cuDNN, TPU) autodiff's gradients are used: of the
-strided convolution, and of the transposed one written as four phase convolutions.
+runs several times slower inside a compiled loop (`lax.scan`; jax-ml/jax#12868; the timings
+are in docs/performance.md, "Convolutions on CPU"). On other platforms (cuDNN, TPU)
+autodiff's gradients are used: of the strided convolution, and of the transposed one written as
+four phase convolutions.
 """
 
 from __future__ import annotations

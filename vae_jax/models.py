@@ -67,9 +67,9 @@ def weight_gradient(x: jax.Array, g: jax.Array, dtype) -> jax.Array:
     XLA's CPU backend has no bf16 kernel for a product that contracts the operands' leading
     (batch) axis: it converts both bf16 operands back to f32 and runs the f32 product (read from
     the compiled HLO, jax 0.10). Rounding x and g to bf16 first would only lose precision and
-    cost two conversions, so on CPU this product takes the float32 operands as they are. The
-    default MLP's bf16 epoch at batch 128 then took 9% and 14% less time in two interleaved
-    timings, and within 1% of the same from batch 512 up. GPUs and TPUs multiply bf16 in any
+    cost two conversions, so on CPU this product takes the float32 operands as they are (the
+    bf16 epoch got faster at small batches and no slower at large ones: docs/performance.md,
+    "bf16 on CPU"). GPUs and TPUs multiply bf16 in any
     layout: there the operands are `dtype`. The choice is made when the program is lowered
     (`lax.platform_dependent`), so an exported program keeps both.
     """
@@ -112,9 +112,8 @@ def cpu_has_bf16_units(cpuinfo_path: str = "/proc/cpuinfo") -> bool | None:
     /proc/cpuinfo, as on macOS).
 
     Without them XLA:CPU computes a bf16 product in f32 with conversions around it, so
-    `dtype='bfloat16'` costs time instead of saving it: on a 2-core AMD EPYC without AVX-512
-    the default MLP's bf16 epoch took 1.39-1.50x as long as f32 at batch 128 and 1.32x at 512,
-    and the bf16 2048^3 product ran at 86 GFLOP/s against 126 in f32.
+    `dtype='bfloat16'` costs time instead of saving it (measured in docs/performance.md,
+    "bf16 on CPU"), and training warns of it.
     """
     try:
         with open(cpuinfo_path) as f:
