@@ -26,7 +26,7 @@ variants compared with each other (the MLP's three, each batch's dtypes) are tim
 round by round (`run.time_interleaved`), so that a slow spell touches all of them alike.
 
 The project's packages are on the lent H200 image except ml_collections, which travels as a
-wheel (see the README's "Accelerators" section for the whole device command).
+wheel (see docs/performance.md, "Accelerators", for the whole device command).
 """
 
 from __future__ import annotations

@@ -134,3 +134,29 @@ def test_load_reads_old_workdirs_and_population_members(tmp_path):
     from_export = vae_jax.load(exported)
     for a, b in zip(jax.tree.leaves(members[1].params), jax.tree.leaves(from_export.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def _readme_block(section: str, language: str) -> str:
+    """The first ```language block under the README's `## section` heading."""
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")) as f:
+        text = f.read()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return body.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_python_api_script_runs_and_prints_what_it_shows(tmp_path):
+    """The README's script, run as a user would paste it; its output as the README shows it,
+    up to the test ELBO's last digits (which differ between CPU kinds)."""
+    script = _readme_block("Python API", "python")
+    shown = _readme_block("Python API", "text").strip().splitlines()
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip().splitlines()
+    assert len(printed) == len(shown)
+    (elbo_line, *rest), (shown_elbo, *shown_rest) = printed, shown
+    assert rest == shown_rest
+    assert elbo_line.rsplit(" ", 1)[0] == shown_elbo.rsplit(" ", 1)[0] == "epochs 2 test_elbo"
+    assert abs(float(elbo_line.rsplit(" ", 1)[1]) - float(shown_elbo.rsplit(" ", 1)[1])) < 1.0
+    assert os.path.isdir(tmp_path / "runs" / "api-demo" / "checkpoints" / "32")
