@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_jax import drawing, models, objectives, pictures
+from vae_jax import curves, drawing, models, objectives, pictures
 from vae_jax.config import get_config
 
 SHAPE = (8, 8, 1)
@@ -201,7 +201,7 @@ def _colour_pixels(image, colour):
     ids=["one", "twelve", "five-thousand", "autoencoder-valid"],
 )
 def test_training_curves_draw_both_lines(records, split):
-    chart = pictures.training_curves(records, split)
+    chart = curves.training_curves(records, split)
     assert chart.shape == (400, 640, 3) and chart.dtype == np.uint8
     minimum = 30 if len(records) == 1 else 300  # a dot, or a line across the plot
     assert _colour_pixels(chart, TRAIN_COLOUR) > minimum
@@ -211,40 +211,40 @@ def test_training_curves_draw_both_lines(records, split):
 
 def test_training_curves_size_and_missing_series():
     records = [{k: v for k, v in r.items() if k != "test_elbo"} for r in _records(8)]
-    chart = pictures.training_curves(records, "test", size=(300, 200))
+    chart = curves.training_curves(records, "test", size=(300, 200))
     assert chart.shape == (200, 300, 3)
     assert _colour_pixels(chart, TRAIN_COLOUR) > 0
     assert _colour_pixels(chart, EVAL_COLOUR) == 0
     records[3]["train_elbo"] = math.nan  # a gap, not a crash
-    pictures.training_curves(records)
+    curves.training_curves(records)
     # Evaluated every 10th epoch: joined up, unless the other epochs say NaN (dots only).
     sparse = [
         {k: v for k, v in r.items() if k != "test_elbo" or r["epoch"] % 10 == 0}
         for r in _records(200)
     ]
     broken = [{**r, "test_elbo": r.get("test_elbo", math.nan)} for r in sparse]
-    joined_pixels = _colour_pixels(pictures.training_curves(sparse), EVAL_COLOUR)
-    assert joined_pixels > _colour_pixels(pictures.training_curves(broken), EVAL_COLOUR) + 100
+    joined_pixels = _colour_pixels(curves.training_curves(sparse), EVAL_COLOUR)
+    assert joined_pixels > _colour_pixels(curves.training_curves(broken), EVAL_COLOUR) + 100
     # The ELBO when there is one: the reconstruction loss beside it changes nothing.
     with_recon = [{**r, "train_recon": 50.0} for r in _records(8)]
     np.testing.assert_array_equal(
-        pictures.training_curves(with_recon), pictures.training_curves(_records(8))
+        curves.training_curves(with_recon), curves.training_curves(_records(8))
     )
     with pytest.raises(ValueError, match="train_elbo"):
-        pictures.training_curves([{"epoch": 1, "train_loss": 3.0}])
+        curves.training_curves([{"epoch": 1, "train_loss": 3.0}])
     with pytest.raises(ValueError, match="no records"):
-        pictures.training_curves([])
+        curves.training_curves([])
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0], ids=["elbo-rising", "loss-falling"])
 def test_curve_y_range_leaves_out_a_far_first_epoch(sign):
     values = sign * np.array([-900.0, -150, -120, -110, -105, -102, -100, -99, -98.5, -98])
-    low, high = pictures.curve_y_range(values, values[-1:])
+    low, high = curves.curve_y_range(values, values[-1:])
     kept = values[1:]
     assert low < kept.min() and high > kept.max()  # all but the first are inside
     assert not low < values[0] < high
     np.testing.assert_allclose(high - low, 1.16 * (kept.max() - kept.min()))  # 8% margins
-    low, high = pictures.curve_y_range(np.array([-95.0]))  # one value: a small span around it
+    low, high = curves.curve_y_range(np.array([-95.0]))  # one value: a small span around it
     assert low < -95.0 < high
 
 
@@ -258,7 +258,7 @@ def test_save_functions_write_pngs_of_the_grid_size(vae2, vae3, images, tmp_path
         str(tmp_path / "pairs.png"), model, params, images[:2], images[2:], num_steps=4
     )
     pictures.save_manifold(str(tmp_path / "manifold.png"), *vae2, side=5)
-    pictures.save_training_curves(str(tmp_path / "curves.png"), _records(20), "test")
+    curves.save_training_curves(str(tmp_path / "curves.png"), _records(20), "test")
     expected = {
         "traversals.png": ((9 * 9 + 1, 3 * 9 + 1), "L"),
         "interpolation.png": ((12 * 9 + 1, 9 + 1), "L"),

@@ -233,6 +233,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: the first problem found.
     """
+    # In this order: each check may rely on the ones before it (a field exists before its value
+    # is read, a value has its type before it is compared), and the first problem is reported.
+    _check_fields(config)
+    _check_choices(config)
+    _check_integers(config)
+    _check_floats(config)
+    _check_objective(config)
+    _check_flags(config)
+    _check_combinations(config)
+
+
+def _check_fields(config) -> None:
+    """Exactly the schema's fields: an unknown one is most likely a typo, so the closest valid
+    name is suggested; a missing one means the config was not built from `get_config()`."""
     schema = get_config()
     for field in config:
         if field not in schema:
@@ -242,21 +256,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in schema:
         _require(field in config, f"config field {field!r} is missing; start from get_config().")
 
+
+def _check_choices(config) -> None:
+    """The fields that name one of a few choices, the data set first (its check says which
+    data sets there are)."""
     _require(isinstance(config.dataset, str), f"dataset={config.dataset!r} must be a string.")
     data.check_dataset_name(config.dataset)
-    _check_choice(config, "pipeline", PIPELINES)
-    _check_choice(config, "step_loop", STEP_LOOPS)
-    _check_choice(config, "nan_policy", NAN_POLICIES)
-    _check_choice(config, "eval_split", EVAL_SPLITS)
-    _check_choice(config, "model", MODELS)
-    _check_choice(config, "likelihood", LIKELIHOODS)
-    _check_choice(config, "optimizer", OPTIMIZERS)
-    _check_choice(config, "lr_schedule", LR_SCHEDULES)
-    _check_choice(config, "activation", ACTIVATIONS)
-    _check_choice(config, "dtype", DTYPES)
-    _check_choice(config, "objective", OBJECTIVES)
-    _check_choice(config, "dae_corruption", DAE_CORRUPTIONS)
+    for field, allowed in (
+        ("pipeline", PIPELINES),
+        ("step_loop", STEP_LOOPS),
+        ("nan_policy", NAN_POLICIES),
+        ("eval_split", EVAL_SPLITS),
+        ("model", MODELS),
+        ("likelihood", LIKELIHOODS),
+        ("optimizer", OPTIMIZERS),
+        ("lr_schedule", LR_SCHEDULES),
+        ("activation", ACTIVATIONS),
+        ("dtype", DTYPES),
+        ("objective", OBJECTIVES),
+        ("dae_corruption", DAE_CORRUPTIONS),
+    ):
+        _check_choice(config, field, allowed)
 
+
+def _check_integers(config) -> None:
+    """Counts and sizes: integers (a bool is not one, though Python counts it as an int), at
+    least 1 where 0 would leave nothing to do, at least 0 where 0 means off or no limit."""
     for field in (
         "latents",
         "batch_size",
@@ -288,6 +313,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_sizes(config, "conv_features")
     _check_sizes(config, "discriminator_hidden")
 
+
+def _check_floats(config) -> None:
+    """Rates, scales and weights: finite numbers, positive or at least 0; the denoising level's
+    range depends on the corruption (a fraction of pixels, or a noise sigma)."""
     for field in ("learning_rate", "gaussian_scale", "adam_eps", "discriminator_learning_rate"):
         _check_positive_float(config, field)
     for field in ("beta", "weight_decay", "capacity_gamma", "capacity_max", "factor_gamma"):
@@ -304,7 +333,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             else "a noise sigma > 0."
         ),
     )
-    _check_objective(config)
+
+
+def _check_flags(config) -> None:
+    """The dropout rate (a probability below 1: a rate of 1 would drop every unit) and the
+    switches, which must be bools: any other value would be read as true or false, not refused."""
     rate = config.dropout_rate
     _require(
         _is_number(rate) and 0.0 <= rate < 1.0,
@@ -315,6 +348,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             isinstance(config[field], bool),
             f"{field}={config[field]!r} must be True or False.",
         )
+
+
+def _check_combinations(config) -> None:
+    """Settings valid alone but not together: one the other makes meaningless (and so silently
+    ignored) is a mistake in the experiment, reported rather than run."""
     _require(
         config.dropout_rate == 0.0 or config.model == "conv",
         f"dropout_rate={config.dropout_rate!r} applies to model='conv' only; "

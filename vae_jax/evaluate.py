@@ -17,6 +17,7 @@ summed over pixels. Nothing of the training run is changed: evaluation only read
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -29,6 +30,7 @@ from absl import app, flags
 
 from vae_jax import (
     cli,
+    curves,
     data,
     disentanglement,
     drawing,
@@ -203,8 +205,163 @@ def draw_pictures(config, workdir, model, params, dataset, records, key) -> list
         drawing.save_latent_scatter(path("latents.png"), means, labels)
     records_log = workdir_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl")).read()
     if records_log:
-        pictures.save_training_curves(path("training_curves.png"), records_log, config.eval_split)
+        curves.save_training_curves(path("training_curves.png"), records_log, config.eval_split)
     return written
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every measurement reads: the run's config, the examples of its evaluation split and
+    the restored model, with the evaluation key. Loaded once, so that each group of figures is
+    its own function of it."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    dataset: data.Dataset
+    records: np.ndarray
+    model: object
+    params: object
+    step: int
+    root_key: jax.Array  # the run's root key: never changes during training
+    eval_key: jax.Array
+
+    @property
+    def split(self) -> str:
+        return self.config.eval_split
+
+    @property
+    def variational(self) -> bool:
+        return objectives.is_variational(self.config.objective)
+
+    @property
+    def inputs(self) -> tuple:
+        """The first arguments of `importance_weighted_nll` and `reconstruction_errors`."""
+        return self.model, self.params, self.records, self.dataset, self.eval_key
+
+
+def _load_run(workdir: str, config: ml_collections.ConfigDict, max_examples: int) -> _Run:
+    dataset = data.load_dataset(config.dataset, config.image_size, config.data_dir)
+    records = dataset.split(config.eval_split)
+    if max_examples:
+        records = records[:max_examples]
+    loaded, root_key = trained.load(workdir), rng.root_key(config.seed)
+    model, params, step = loaded.model, loaded.params, loaded.step
+    eval_key = rng.stream_key(root_key, rng.EVAL_STREAM)
+    return _Run(workdir, config, dataset, records, model, params, step, root_key, eval_key)
+
+
+def _new_result(run: _Run) -> dict:
+    """eval.json before any figure: what was measured, its units, and empty groups that the
+    measurements fill in order (their order is eval.json's and the printed table's)."""
+    return {
+        "workdir": run.workdir,
+        "checkpoint_step": run.step,
+        "objective": run.config.objective,
+        "dataset": run.config.dataset,
+        "split": run.split,
+        "num_examples": len(run.records),
+        "units": "nats per example, summed over pixels",
+        "metrics": {},
+        "procedures": {},
+        "seconds": {},
+        "versions": {"jax": jax.__version__, "device": jax.devices()[0].device_kind},
+    }
+
+
+def _timed(result: dict, name: str, fn):
+    """fn(), its wall time in seconds recorded as result["seconds"][name]."""
+    begun = time.perf_counter()
+    value = fn()
+    result["seconds"][name] = round(time.perf_counter() - begun, 3)
+    return value
+
+
+def _measure_single_sample(run: _Run, result: dict) -> None:
+    """The figures training logs each epoch (single-sample ELBO, KL, reconstruction term), by
+    the same compiled evaluation, so that they can be compared with the records exactly."""
+    metrics, procedures, split = result["metrics"], result["procedures"], run.split
+    eval_batch = min(run.config.eval_batch_size, len(run.records))
+    count, binarize = len(run.records), run.config.dynamic_binarization
+    evaluate = jax.jit(
+        evaluation.make_evaluate(
+            run.model, eval_batch, count, run.dataset.render, binarize, variational=run.variational
+        )
+    )
+    padded = jnp.asarray(evaluation.pad_to_multiple(run.records, eval_batch))
+    single = _timed(
+        result, "elbo", lambda: jax.device_get(evaluate(run.params, padded, run.eval_key))
+    )
+    for name, value in single.items():
+        metrics[f"{split}_{name}"] = float(value)
+    if run.variational:
+        procedures[f"{split}_elbo"] = "single-sample ELBO, analytic KL (as logged in training)"
+        procedures[f"{split}_kl"] = "KL(q(z|x) || p(z)), analytic"
+        procedures[f"{split}_recon"] = "-log p(x|z), z one sample of q(z|x)"
+    else:
+        procedures[f"{split}_recon"] = "-log p(x | z = encoder output) (autoencoder)"
+
+
+def _measure_iwae(run: _Run, result: dict, iwae_samples: int, batch_size: int) -> None:
+    metrics = result["metrics"]
+    nll, stderr = _timed(
+        result,
+        "iwae",
+        lambda: importance_weighted_nll(*run.inputs, run.config, iwae_samples, batch_size),
+    )
+    metrics["iwae_nll"], metrics["iwae_nll_stderr"] = nll, stderr
+    metrics["iwae_samples"] = iwae_samples
+    result["procedures"]["iwae_nll"] = (
+        f"-(k-sample importance-weighted bound), k = {iwae_samples}, one draw per "
+        "example (Burda et al. 2015); an upper bound on -log p(x) in expectation"
+    )
+
+
+def _measure_reconstruction(run: _Run, result: dict, batch_size: int) -> None:
+    metrics, procedures = result["metrics"], result["procedures"]
+    binarize = run.config.dynamic_binarization
+    recon_nats, recon_squared = _timed(
+        result, "reconstruction", lambda: reconstruction_errors(*run.inputs, binarize, batch_size)
+    )
+    metrics["recon_nats"] = recon_nats
+    metrics["recon_squared_error"] = recon_squared
+    procedures["recon_nats"] = "-log p(x | z = posterior mean)"
+    procedures["recon_squared_error"] = "sum over pixels of (E[x | z = posterior mean] - x)^2"
+
+
+def _measure_pca(run: _Run, result: dict) -> None:
+    """The PCA baseline: the squared error a linear model of the latent size reaches."""
+    config, dataset = run.config, run.dataset
+
+    def pca():
+        # The run's training examples (a prefix, with max_train_examples), at most PCA_FIT_EXAMPLES.
+        fit = dataset.split("train")[: min(PCA_FIT_EXAMPLES, config.max_train_examples or 10**9)]
+        fit_images = _float_images(fit, dataset, len(fit))
+        eval_images = _float_images(run.records, dataset, len(run.records))
+        return pca_squared_error(fit_images, eval_images, config.latents)
+
+    result["metrics"]["pca_squared_error"] = _timed(result, "pca", pca)
+    result["procedures"]["pca_squared_error"] = (
+        f"PCA with {config.latents} components (the latent size) fitted on the first "
+        f"{min(PCA_FIT_EXAMPLES, config.max_train_examples or 10**9, len(dataset.split('train')))}"
+        " training examples; the same "
+        "squared error as recon_squared_error"
+    )
+
+
+def _measure_disentanglement(run: _Run, result: dict, points: tuple[int, int]) -> None:
+    """dSprites' BetaVAE, FactorVAE and MIG scores: their figures, and in full under
+    result["disentanglement"]."""
+    source = dsprites_factor_source(run.model, run.params, run.dataset)
+    num_train, num_eval = points
+
+    def score_all():
+        return disentanglement.evaluate_all(source, seed=0, num_train=num_train, num_eval=num_eval)
+
+    scores = _timed(result, "disentanglement", score_all)
+    for name, score in scores.items():
+        result["metrics"][name] = score["score"]
+        result["procedures"][name] = score["procedure"]
+    result["disentanglement"] = scores
 
 
 def evaluate_workdir(
@@ -236,119 +393,25 @@ def evaluate_workdir(
     workdir = os.path.abspath(workdir)
     config = load_workdir_config(workdir)
     started = time.perf_counter()
-    dataset = data.load_dataset(config.dataset, config.image_size, config.data_dir)
-    records = dataset.split(config.eval_split)
-    if max_examples:
-        records = records[:max_examples]
-    loaded = trained.load(workdir)
-    model, params, step = loaded.model, loaded.params, loaded.step
-    root_key = rng.root_key(config.seed)  # the run's root key: never changes during training
-    eval_key = rng.stream_key(root_key, rng.EVAL_STREAM)
-    variational = objectives.is_variational(config.objective)
-    binarize = config.dynamic_binarization
-    split = config.eval_split
-    result = {
-        "workdir": workdir,
-        "checkpoint_step": step,
-        "objective": config.objective,
-        "dataset": config.dataset,
-        "split": split,
-        "num_examples": len(records),
-        "units": "nats per example, summed over pixels",
-        "metrics": {},
-        "procedures": {},
-        "seconds": {},
-        "versions": {"jax": jax.__version__, "device": jax.devices()[0].device_kind},
-    }
-    metrics, procedures, seconds = result["metrics"], result["procedures"], result["seconds"]
-
-    def timed(name, fn):
-        begun = time.perf_counter()
-        value = fn()
-        seconds[name] = round(time.perf_counter() - begun, 3)
-        return value
-
-    eval_batch = min(config.eval_batch_size, len(records))
-    evaluate = jax.jit(
-        evaluation.make_evaluate(
-            model, eval_batch, len(records), dataset.render, binarize, variational=variational
-        )
-    )
-    padded = jnp.asarray(evaluation.pad_to_multiple(records, eval_batch))
-    single = timed("elbo", lambda: jax.device_get(evaluate(params, padded, eval_key)))
-    for name, value in single.items():
-        metrics[f"{split}_{name}"] = float(value)
-    if variational:
-        procedures[f"{split}_elbo"] = "single-sample ELBO, analytic KL (as logged in training)"
-        procedures[f"{split}_kl"] = "KL(q(z|x) || p(z)), analytic"
-        procedures[f"{split}_recon"] = "-log p(x|z), z one sample of q(z|x)"
-    else:
-        procedures[f"{split}_recon"] = "-log p(x | z = encoder output) (autoencoder)"
-    if variational and iwae_samples:
-        nll, stderr = timed(
-            "iwae",
-            lambda: importance_weighted_nll(
-                model, params, records, dataset, eval_key, config, iwae_samples, batch_size
-            ),
-        )
-        metrics["iwae_nll"], metrics["iwae_nll_stderr"] = nll, stderr
-        metrics["iwae_samples"] = iwae_samples
-        procedures["iwae_nll"] = (
-            f"-(k-sample importance-weighted bound), k = {iwae_samples}, one draw per "
-            "example (Burda et al. 2015); an upper bound on -log p(x) in expectation"
-        )
-    recon_nats, recon_squared = timed(
-        "reconstruction",
-        lambda: reconstruction_errors(
-            model, params, records, dataset, eval_key, binarize, batch_size * 10
-        ),
-    )
-    metrics["recon_nats"] = recon_nats
-    metrics["recon_squared_error"] = recon_squared
-    procedures["recon_nats"] = "-log p(x | z = posterior mean)"
-    procedures["recon_squared_error"] = "sum over pixels of (E[x | z = posterior mean] - x)^2"
-
-    def pca():
-        # The run's training examples (a prefix, with max_train_examples), at most PCA_FIT_EXAMPLES.
-        fit = dataset.split("train")[: min(PCA_FIT_EXAMPLES, config.max_train_examples or 10**9)]
-        fit_images = _float_images(fit, dataset, len(fit))
-        eval_images = _float_images(records, dataset, len(records))
-        return pca_squared_error(fit_images, eval_images, config.latents)
-
-    metrics["pca_squared_error"] = timed("pca", pca)
-    procedures["pca_squared_error"] = (
-        f"PCA with {config.latents} components (the latent size) fitted on the first "
-        f"{min(PCA_FIT_EXAMPLES, config.max_train_examples or 10**9, len(dataset.split('train')))}"
-        " training examples; the same "
-        "squared error as recon_squared_error"
-    )
+    run = _load_run(workdir, config, max_examples)
+    result = _new_result(run)
+    _measure_single_sample(run, result)
+    if run.variational and iwae_samples:
+        _measure_iwae(run, result, iwae_samples, batch_size)
+    _measure_reconstruction(run, result, batch_size * 10)
+    _measure_pca(run, result)
     if config.dataset == "dsprites":
-        source = dsprites_factor_source(model, params, dataset)
-        num_train, num_eval = disentanglement_points
-        scores = timed(
-            "disentanglement",
-            lambda: disentanglement.evaluate_all(
-                source, seed=0, num_train=num_train, num_eval=num_eval
-            ),
-        )
-        for name, score in scores.items():
-            metrics[name] = score["score"]
-            procedures[name] = score["procedure"]
-        result["disentanglement"] = scores
+        _measure_disentanglement(run, result, disentanglement_points)
     if draw:
-        result["images"] = timed(
+        pictures_key = rng.stream_key(run.root_key, rng.PICTURES_STREAM)
+        result["images"] = _timed(
+            result,
             "pictures",
             lambda: draw_pictures(
-                config,
-                workdir,
-                model,
-                params,
-                dataset,
-                records,
-                rng.stream_key(root_key, rng.PICTURES_STREAM),
+                config, workdir, run.model, run.params, run.dataset, run.records, pictures_key
             ),
         )
-    seconds["total"] = round(time.perf_counter() - started, 3)
+    result["seconds"]["total"] = round(time.perf_counter() - started, 3)
     result["config"] = config_to_dict(config)
     workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)
     return result

@@ -1,5 +1,5 @@
-"""The pictures to look at after training: latent traversals, interpolations, the 2-D manifold,
-and the training curves.
+"""The pictures of a trained model to look at after training: latent traversals,
+interpolations, and the 2-D manifold.
 
 Each picture is a pure function that returns an image array, and a `save_*` wrapper writes it as
 a PNG through `drawing.save_png` (atomically). The model pictures return (N, H, W, C) float32
@@ -10,8 +10,7 @@ picture again for new parameters does not compile again. Every decode is one bat
 all the latent codes, split into chunks of `chunk_size` codes (scanned with `lax.map`) only when
 there are more of them than that.
 
-`training_curves` draws the per-epoch lines of `metrics.jsonl` (read it with
-`workdir.MetricsLog(path).read()`) with PIL, on the host.
+The training-curves chart, which reads a run's records rather than a model, is in `curves`.
 
 Images given to these functions are (H, W, C) arrays with C = 1 or 3: floats in [0, 1], or
 integer pixels 0..255 (divided by 255).
@@ -20,15 +19,29 @@ integer pixels 0..255 (divided by 255).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from vae_jax import drawing, objectives
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "decode_means",
+    "traversal_latents",
+    "interpolation_latents",
+    "manifold_latents",
+    "latent_kl",
+    "dimensions_by_kl",
+    "latent_traversals",
+    "interpolation",
+    "manifold_grid",
+    "save_traversals",
+    "save_interpolation",
+    "save_manifold",
+]
 
 DEFAULT_CHUNK_SIZE = 1024  # latent codes decoded at once
 
@@ -319,289 +332,3 @@ def save_manifold(path: str, model, params, side: int = 20) -> None:
     """`manifold_grid` as a PNG of side x side tiles."""
     images = manifold_grid(model, params, side)
     drawing.save_png(path, drawing.image_grid(images, columns=side))
-
-
-# ---------------------------------------------------------------------------------------------
-# Training curves, drawn with PIL.
-
-_TRAIN_COLOUR = drawing.PALETTE[0]  # blue
-_EVAL_COLOUR = drawing.PALETTE[1]  # orange
-_AXIS_COLOUR = (0, 0, 0)
-_GRID_COLOUR = (225, 225, 225)
-_TEXT_COLOUR = (30, 30, 30)
-_OUTLIER_FENCE = 3.0  # interquartile ranges beyond the quartiles
-_Y_MARGIN = 0.08  # of the y span, above and below
-_CLAMP = 1000  # plot heights: how far off the plot a clipped point is drawn
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _number(value) -> float | None:
-    """A record's value as a float (NaN for NaN or infinite), or None for anything else."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else math.nan
-
-
-def _curve_series(records: list[dict], split: str) -> tuple[str, list[tuple]]:
-    """The quantity to plot ('elbo', else 'recon') and its series (name, (n,) values, (n,)
-    present): a value not a finite number is NaN; one missing (or not a number) is not
-    `present`."""
-    for quantity in ("elbo", "recon"):
-        series = []
-        for name in ("train", split):
-            numbers = [_number(r.get(f"{name}_{quantity}")) for r in records]
-            values = np.array(numbers, dtype=float)  # None: NaN
-            present = np.array([number is not None for number in numbers])
-            if np.isfinite(values).any():
-                series.append((name, values, present))
-        if series:
-            return quantity, series
-    raise ValueError(
-        f"the records have no finite train_elbo, {split}_elbo, train_recon or {split}_recon to plot"
-    )
-
-
-def _epochs(records: list[dict]) -> np.ndarray:
-    epochs = np.array([_number(r.get("epoch")) for r in records], dtype=float)  # None: NaN
-    return np.where(np.isfinite(epochs), epochs, np.arange(1, len(records) + 1))
-
-
-def curve_y_range(values: np.ndarray, keep: np.ndarray | None = None) -> tuple[float, float]:
-    """The y range of the training curves: the data's, without its outliers, plus a margin.
-
-    A value more than 3 interquartile ranges below the lower quartile or above the upper
-    quartile of all the (finite) `values` is an outlier, typically the first epoch or two, far
-    below (ELBO) or above (reconstruction loss) the rest: it is left off the plot, and its line
-    runs off the edge, so that it does not squash the rest of the curves into a few pixels. The
-    `keep` values (the last epoch's) are always inside. The range is then widened by 8% of its
-    span on each side, and to at least a small span around a constant series.
-    """
-    finite = values[np.isfinite(values)]
-    lower_quartile, upper_quartile = np.percentile(finite, [25, 75])
-    fence = _OUTLIER_FENCE * (upper_quartile - lower_quartile)
-    inside = finite[(finite >= lower_quartile - fence) & (finite <= upper_quartile + fence)]
-    low, high = float(inside.min()), float(inside.max())
-    if keep is not None and np.isfinite(keep).any():
-        low = min(low, float(np.nanmin(keep)))
-        high = max(high, float(np.nanmax(keep)))
-    span = high - low
-    if span <= 1e-9 * max(1.0, abs(high)):
-        span = max(abs(high) * 0.02, 1e-3)
-        return low - span, high + span
-    return low - _Y_MARGIN * span, high + _Y_MARGIN * span
-
-
-def _nice_ticks(low: float, high: float, count: int, integer: bool = False):
-    """About `count` round tick values (1, 2, 2.5 or 5 times a power of ten apart) inside
-    [low, high], and their labels."""
-    raw = (high - low) / max(count, 1)
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    multiple = next(m for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * magnitude >= raw * (1 - 1e-9))
-    step = multiple * magnitude
-    if integer:
-        step = max(1.0, float(round(step)))
-    decimals = 0 if integer else max(0, -math.floor(math.log10(step) + 1e-9))
-    if multiple == 2.5 and not integer and step < 10:
-        decimals += 1
-    first = math.ceil(low / step - 1e-9)
-    last = math.floor(high / step + 1e-9)
-    ticks = [i * step for i in range(first, last + 1)]
-    labels = [f"{t:.{decimals}f}" for t in ticks]
-    labels = ["0" if float(label) == 0 else label for label in labels]
-    return ticks, labels
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
-
-
-def _text(draw: ImageDraw.ImageDraw, xy, text: str, font, anchor: str = "lt") -> None:
-    """Draws `text` with its bounding box's left/middle/right ('l', 'm', 'r') and top/middle
-    ('t', 'm') at `xy`. Placed by measuring, which works for bitmap fonts too (PIL's own anchors
-    need FreeType)."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    x = xy[0] - {"l": left, "m": (left + right) / 2, "r": right}[anchor[0]]
-    y = xy[1] - {"t": top, "m": (top + bottom) / 2}[anchor[1]]
-    draw.text((x, y), text, fill=_TEXT_COLOUR, font=font)
-
-
-def training_curves(
-    records: list[dict],
-    split: str = "test",
-    size: tuple[int, int] = (640, 400),
-    title: str | None = None,
-) -> np.ndarray:
-    """A line chart of the training curves: per epoch, the training split's and `split`'s ELBO.
-
-    Runs without an ELBO (the autoencoders) plot the reconstruction loss -log p(x|z) instead.
-    Both are in nats per example. The x axis is the epoch; the y range is the data's with its
-    outliers left off (see `curve_y_range`), so a first epoch far from the rest runs off the
-    plot. A series missing from the records (no `split` evaluation) is left out; an epoch
-    without a value is skipped, its neighbours joined (evaluation every few epochs), while a NaN
-    value breaks the line. Points are marked when there are few (a single record is a dot per
-    series). The legend shows each series' last finite value, in the corner of the plot that
-    covers the fewest points.
-
-    Args:
-      records: the lines of `metrics.jsonl`, in order (`workdir.MetricsLog(path).read()`).
-      split: the evaluation split's name in the records: 'test' or 'valid'.
-      size: (width, height) in pixels, at least (200, 150).
-      title: the chart's title; None for one naming the quantity.
-
-    Returns:
-      (height, width, 3) uint8 RGB.
-    """
-    width, height = (int(s) for s in size)
-    if width < 200 or height < 150:
-        raise ValueError(f"size must be at least (200, 150) pixels; got {tuple(size)}")
-    if not records:
-        raise ValueError("no records to plot")
-    quantity, series = _curve_series(records, split)
-    name = "ELBO" if quantity == "elbo" else "reconstruction loss"
-    colours = {"train": _TRAIN_COLOUR, split: _EVAL_COLOUR}
-    epochs = _epochs(records)
-    all_values = np.concatenate([values for _, values, _ in series])
-    last_values = np.array([values[np.isfinite(values)][-1] for _, values, _ in series])
-    y_low, y_high = curve_y_range(all_values, last_values)
-    x_low, x_high = float(epochs.min()), float(epochs.max())
-    if x_high - x_low < 1:
-        x_low, x_high = x_low - 1, x_high + 1
-
-    scale = min(width / 640, height / 400)
-    text_font = _font(max(10, round(12 * scale)))
-    title_font = _font(max(12, round(15 * scale)))
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    line_height = _text_size(draw, "0123456789-.Hg", text_font)[1]
-    pad = max(4, round(6 * scale))
-    tick = max(3, round(4 * scale))
-
-    # Layout: the title on top; y-axis label, tick labels and ticks on the left; ticks, tick
-    # labels and the x-axis label below.
-    title = f"{name} per epoch" if title is None else title
-    title_height = _text_size(draw, title, title_font)[1]
-    top = pad + title_height + 2 * pad
-    bottom = height - (tick + pad + line_height + pad + line_height + pad)
-    y_ticks, y_labels = _nice_ticks(y_low, y_high, max(2, (bottom - top) // 50))
-    label_width = max(_text_size(draw, label, text_font)[0] for label in y_labels + ["0"])
-    y_label = "nats per example"  # drawn sideways, left of the tick labels
-    y_label_width, _ = _text_size(draw, y_label, text_font)
-    label_image = Image.new("RGB", (y_label_width + 4, line_height + 6), (255, 255, 255))
-    _text(ImageDraw.Draw(label_image), (2, 3), y_label, text_font)
-    label_image = label_image.rotate(90, expand=True)
-    left = pad + label_image.width + pad + label_width + tick + pad // 2
-    right = width - 2 * pad
-    x_ticks, x_labels = _nice_ticks(x_low, x_high, max(2, (right - left) // 80), integer=True)
-    plot_width, plot_height = right - left, bottom - top
-    inset = max(4, round(8 * scale))  # keeps the end points off the frame
-
-    def to_x(epoch):
-        return inset + (np.asarray(epoch) - x_low) / (x_high - x_low) * (plot_width - 2 * inset)
-
-    def to_y(value):
-        y = (y_high - np.asarray(value)) / (y_high - y_low) * plot_height
-        return np.clip(y, -_CLAMP * plot_height, (_CLAMP + 1) * plot_height)
-
-    # The plot area is drawn on its own image, which clips the lines at its edges.
-    plot = Image.new("RGB", (plot_width, plot_height), (255, 255, 255))
-    plot_draw = ImageDraw.Draw(plot)
-    for value in y_ticks:
-        y = float(to_y(value))
-        plot_draw.line([(0, y), (plot_width, y)], fill=_GRID_COLOUR)
-    for epoch in x_ticks:
-        x = float(to_x(epoch))
-        plot_draw.line([(x, 0), (x, plot_height)], fill=_GRID_COLOUR)
-    line_width = max(1, round(2 * scale))
-    radius = max(2, round(3 * scale))
-    mark_points = len(records) <= plot_width / 12
-    pixel_points = []
-    for series_name, values, present in series:
-        # Epochs without the value are skipped (the line joins its neighbours); a NaN value
-        # breaks the line: each run of finite values is one polyline.
-        xs, ys, values = to_x(epochs[present]), to_y(values[present]), values[present]
-        finite = np.isfinite(values)
-        pixel_points.append(np.stack([xs[finite], ys[finite]], axis=1))
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], finite.astype(np.int8), [0]])))
-        for start, stop in zip(edges[::2], edges[1::2]):
-            points = [(float(x), float(y)) for x, y in zip(xs[start:stop], ys[start:stop])]
-            if len(points) > 1:
-                plot_draw.line(points, fill=colours[series_name], width=line_width, joint="curve")
-            if mark_points or len(points) == 1:
-                for x, y in points:
-                    plot_draw.ellipse(
-                        [x - radius, y - radius, x + radius, y + radius],
-                        fill=colours[series_name],
-                    )
-    canvas.paste(plot, (left, top))
-
-    # Frame, ticks and their labels.
-    draw.rectangle([left - 1, top - 1, right, bottom], outline=_AXIS_COLOUR)
-    for value, label in zip(y_ticks, y_labels):
-        y = top + float(to_y(value))
-        draw.line([(left - 1 - tick, y), (left - 1, y)], fill=_AXIS_COLOUR)
-        _text(draw, (left - 1 - tick - pad // 2, y), label, text_font, "rm")
-    for epoch, label in zip(x_ticks, x_labels):
-        x = left + float(to_x(epoch))
-        draw.line([(x, bottom), (x, bottom + tick)], fill=_AXIS_COLOUR)
-        _text(draw, (x, bottom + tick + pad), label, text_font, "mt")
-
-    # Axis labels and title.
-    x_label_top = bottom + tick + pad + line_height + pad
-    _text(draw, ((left + right) / 2, x_label_top), "epoch", text_font, "mt")
-    canvas.paste(label_image, (pad, round((top + bottom - label_image.height) / 2)))
-    _text(draw, ((left + right) / 2, pad), title, title_font, "mt")
-
-    # Legend: a swatch and "<split> <quantity>  <last value>" per series.
-    short_name = "ELBO" if quantity == "elbo" else "recon"
-    entries = [
-        (f"{series_name} {short_name}  {last:.2f}", colours[series_name])
-        for (series_name, _, _), last in zip(series, last_values)
-    ]
-    swatch = max(14, round(20 * scale))
-    entry_height = line_height + pad
-    box_width = pad + swatch + pad + max(_text_size(draw, t, text_font)[0] for t, _ in entries)
-    box_width += pad
-    box_height = pad + len(entries) * entry_height
-    corners = [
-        (plot_width - inset - box_width, inset),
-        (plot_width - inset - box_width, plot_height - inset - box_height),
-        (inset, inset),
-        (inset, plot_height - inset - box_height),
-    ]
-    points = np.concatenate(pixel_points)
-
-    def covered(corner):
-        x, y = corner
-        inside_x = (points[:, 0] >= x) & (points[:, 0] <= x + box_width)
-        return int(np.sum(inside_x & (points[:, 1] >= y) & (points[:, 1] <= y + box_height)))
-
-    box_x, box_y = min(corners, key=covered)  # the first corner among the least covered
-    box_x, box_y = left + box_x, top + box_y
-    draw.rectangle(
-        [box_x, box_y, box_x + box_width, box_y + box_height],
-        fill=(255, 255, 255),
-        outline=(160, 160, 160),
-    )
-    for index, (text, colour) in enumerate(entries):
-        middle = box_y + pad + index * entry_height + line_height / 2
-        draw.line(
-            [(box_x + pad, middle), (box_x + pad + swatch, middle)],
-            fill=colour,
-            width=max(3, line_width + 1),
-        )
-        _text(draw, (box_x + 2 * pad + swatch, middle), text, text_font, "lm")
-    return np.asarray(canvas)
-
-
-def save_training_curves(
-    path: str, records: list[dict], split: str = "test", size: tuple[int, int] = (640, 400)
-) -> None:
-    """`training_curves` as a PNG."""
-    drawing.save_png(path, training_curves(records, split, size))
