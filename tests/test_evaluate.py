@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, small_config, snapshot
 
-from vae_jax import evaluate, train
+from vae_jax import estimators, evaluate, train
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,12 @@ def test_pca_error_is_the_sum_of_the_discarded_eigenvalues():
     basis, _ = np.linalg.qr(rng.normal(size=(12, 4)))
     points = (rng.normal(size=(4000, 4)) * scales) @ basis.T + 0.3  # rank 4 around a mean
     images = points.reshape((4000, 3, 4, 1))
-    assert evaluate.pca_squared_error(images, images, 4) == pytest.approx(0.0, abs=1e-18)
+    assert estimators.pca_squared_error(images, images, 4) == pytest.approx(0.0, abs=1e-18)
     covariance = np.cov(points.T, bias=True)
     eigenvalues = np.sort(np.linalg.eigvalsh(covariance))[::-1]
     for components in (1, 2, 3):
         expected = eigenvalues[components:].sum()
-        assert evaluate.pca_squared_error(images, images, components) == pytest.approx(
+        assert estimators.pca_squared_error(images, images, components) == pytest.approx(
             expected, rel=1e-9
         )
 

@@ -18,7 +18,6 @@ summed over pixels. Nothing of the training run is changed: evaluation only read
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 
@@ -34,6 +33,7 @@ from vae_jax import (
     data,
     disentanglement,
     drawing,
+    estimators,
     evaluation,
     objectives,
     pictures,
@@ -43,7 +43,6 @@ from vae_jax import (
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import config_to_dict
 from vae_jax.errors import ConfigError
-from vae_jax.step import to_float
 
 FLAGS = flags.FLAGS
 
@@ -63,116 +62,13 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def _batches(count: int, batch_size: int):
-    for start in range(0, count, batch_size):
-        yield start, min(start + batch_size, count)
-
-
-def _float_batches(records, dataset, start, stop, key, binarize):
-    """Float inputs of examples [start, stop): rendered and, for dynamically binarized training,
-    the same fixed Bernoulli draw per example that training's evaluation scores."""
-    return evaluation.eval_inputs(
-        jnp.asarray(records[start:stop]), jnp.arange(start, stop), key, dataset.render, binarize
-    )
-
-
-def importance_weighted_nll(model, params, records, dataset, key, config, num_samples, batch_size):
-    """Per-example k-sample bounds over the split -> (mean -bound, its standard error)."""
-    chunk_size = min(num_samples, 128)
-
-    @jax.jit
-    def bounds_of(params, records_batch, start, key):
-        indices = start + jnp.arange(records_batch.shape[0])
-        x, _ = evaluation.eval_inputs(
-            records_batch, indices, key, dataset.render, config.dynamic_binarization
-        )
-        sample_key = jax.random.fold_in(jax.random.fold_in(key, 2), start)
-        return objectives.importance_weighted_bound(
-            model, params, x, sample_key, num_samples, chunk_size
-        )
-
-    padded = evaluation.pad_to_multiple(records, batch_size)
-    values = []
-    for start, stop in _batches(len(records), batch_size):
-        bound = bounds_of(params, jnp.asarray(padded[start : start + batch_size]), start, key)
-        values.append(np.asarray(bound)[: stop - start])
-    bounds = np.concatenate(values).astype(np.float64)
-    return float(-bounds.mean()), float(bounds.std(ddof=1) / math.sqrt(len(bounds)))
-
-
-def reconstruction_errors(model, params, records, dataset, key, binarize, batch_size):
-    """Mean over examples of -log p(x | z = posterior mean) and of the squared error of E[x|z]."""
-
-    @jax.jit
-    def errors_of(params, x):
-        mean, _ = model.apply(params, x, method="encode")
-        location, log_scale = model.apply(params, mean, method="decode")
-        nats = -objectives.log_likelihood(x, location, log_scale)
-        squared = jnp.sum((objectives.likelihood_mean(location, log_scale) - x) ** 2, (1, 2, 3))
-        return nats, squared
-
-    nats, squared = [], []
-    for start, stop in _batches(len(records), batch_size):
-        x, _ = _float_batches(records, dataset, start, stop, key, binarize)
-        batch_nats, batch_squared = errors_of(params, x)
-        nats.append(np.asarray(batch_nats))
-        squared.append(np.asarray(batch_squared))
-    return float(np.concatenate(nats).mean()), float(np.concatenate(squared).mean())
-
-
-def pca_squared_error(train_images: np.ndarray, eval_images: np.ndarray, components: int):
-    r"""Squared error per example (summed over pixels) of the best rank-`components` affine
-    reconstruction, fitted on `train_images`:
-
-    .. math::
-        \hat x = \mu + V V^\top (x - \mu)
-
-    with V the leading eigenvectors of the training covariance (the leading right singular
-    vectors of the centred training matrix, which is cheaper when there are fewer examples than
-    pixels). A linear autoencoder with as many units as the VAE has latents: the baseline a
-    nonlinear model should beat.
-    """
-    flat_train = train_images.reshape((len(train_images), -1)).astype(np.float64)
-    mean = flat_train.mean(axis=0)
-    _, _, right_vectors = np.linalg.svd(flat_train - mean, full_matrices=False)
-    basis = right_vectors[:components].T
-    flat_eval = eval_images.reshape((len(eval_images), -1)).astype(np.float64) - mean
-    residual = flat_eval - (flat_eval @ basis) @ basis.T
-    return float(np.mean(np.sum(residual**2, axis=1)))
-
-
-def _float_images(records, dataset, count: int, batch_size: int = 1000) -> np.ndarray:
-    render = jax.jit(dataset.render) if dataset.render is not None else None
-    parts = []
-    for start, stop in _batches(count, batch_size):
-        batch = records[start:stop]
-        parts.append(np.asarray(batch if render is None else render(jnp.asarray(batch))))
-    return np.concatenate(parts).astype(np.float32) / 255.0
-
-
-def dsprites_factor_source(model, params, dataset) -> disentanglement.FactorSource:
-    """dSprites' factors, and the code of a factor vector: the encoder's mean of its image."""
-    from vae_jax.data import dsprites
-
-    @jax.jit
-    def represent(factors):
-        images = to_float(dataset.render(factors))
-        return model.apply(params, images, method="encode")[0]
-
-    return disentanglement.FactorSource(
-        sizes=tuple(dsprites.FACTOR_SIZES),
-        names=tuple(dsprites.FACTOR_NAMES),
-        represent=lambda factors: np.asarray(represent(jnp.asarray(factors, jnp.int32))),
-    )
-
-
 def draw_pictures(config, workdir, model, params, dataset, records, key) -> list[str]:
     """The final pictures into W/images/; returns their file names."""
     images_dir = os.path.join(workdir, "images")
     count = min(len(records), 2000)
     # Evenly spaced over the split: some splits (binarized MNIST's test split) are sorted by class.
     chosen = np.linspace(0, len(records) - 1, count).astype(int)
-    inputs = _float_images(records[chosen], dataset, count)
+    inputs = estimators.float_images(records[chosen], dataset, count)
     labels = dataset.labels.get(config.eval_split)
     labels = None if labels is None else labels[: len(records)][chosen]
     written = []
@@ -306,7 +202,9 @@ def _measure_iwae(run: _Run, result: dict, iwae_samples: int, batch_size: int) -
     nll, stderr = _timed(
         result,
         "iwae",
-        lambda: importance_weighted_nll(*run.inputs, run.config, iwae_samples, batch_size),
+        lambda: estimators.importance_weighted_nll(
+            *run.inputs, run.config, iwae_samples, batch_size
+        ),
     )
     metrics["iwae_nll"], metrics["iwae_nll_stderr"] = nll, stderr
     metrics["iwae_samples"] = iwae_samples
@@ -320,7 +218,9 @@ def _measure_reconstruction(run: _Run, result: dict, batch_size: int) -> None:
     metrics, procedures = result["metrics"], result["procedures"]
     binarize = run.config.dynamic_binarization
     recon_nats, recon_squared = _timed(
-        result, "reconstruction", lambda: reconstruction_errors(*run.inputs, binarize, batch_size)
+        result,
+        "reconstruction",
+        lambda: estimators.reconstruction_errors(*run.inputs, binarize, batch_size),
     )
     metrics["recon_nats"] = recon_nats
     metrics["recon_squared_error"] = recon_squared
@@ -335,9 +235,9 @@ def _measure_pca(run: _Run, result: dict) -> None:
     def pca():
         # The run's training examples (a prefix, with max_train_examples), at most PCA_FIT_EXAMPLES.
         fit = dataset.split("train")[: min(PCA_FIT_EXAMPLES, config.max_train_examples or 10**9)]
-        fit_images = _float_images(fit, dataset, len(fit))
-        eval_images = _float_images(run.records, dataset, len(run.records))
-        return pca_squared_error(fit_images, eval_images, config.latents)
+        fit_images = estimators.float_images(fit, dataset, len(fit))
+        eval_images = estimators.float_images(run.records, dataset, len(run.records))
+        return estimators.pca_squared_error(fit_images, eval_images, config.latents)
 
     result["metrics"]["pca_squared_error"] = _timed(result, "pca", pca)
     result["procedures"]["pca_squared_error"] = (
@@ -351,7 +251,7 @@ def _measure_pca(run: _Run, result: dict) -> None:
 def _measure_disentanglement(run: _Run, result: dict, points: tuple[int, int]) -> None:
     """dSprites' BetaVAE, FactorVAE and MIG scores: their figures, and in full under
     result["disentanglement"]."""
-    source = dsprites_factor_source(run.model, run.params, run.dataset)
+    source = estimators.dsprites_factor_source(run.model, run.params, run.dataset)
     num_train, num_eval = points
 
     def score_all():
