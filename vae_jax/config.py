@@ -86,9 +86,25 @@ POPULATION_WEIGHT_FIELDS = {
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The default run: the Flax VAE example's settings on statically binarized MNIST."""
-    config = ml_collections.ConfigDict()
+    """The default run: the Flax VAE example's settings on statically binarized MNIST.
 
+    Its fields, in this order, are the schema that `validate_config` checks every config against.
+    """
+    config = ml_collections.ConfigDict()
+    for add_fields in (
+        _add_data_fields,
+        _add_model_fields,
+        _add_objective_fields,
+        _add_optimization_fields,
+        _add_population_fields,
+        _add_output_fields,
+    ):
+        add_fields(config)
+    return config
+
+
+def _add_data_fields(config: ml_collections.ConfigDict) -> None:
+    """Where the data come from and how they reach the device."""
     # Data.
     config.dataset = (
         "binarized_mnist"  # a name, or 'tfds:<name>', 'idx:<dir>', 'npz:<file>', 'images:<dir>'
@@ -107,6 +123,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_eval_examples = 0  # 0 = the whole split
     config.dynamic_binarization = False  # resample x ~ Bernoulli(pixel) each step (grayscale data)
 
+
+def _add_model_fields(config: ml_collections.ConfigDict) -> None:
+    """The encoder, the decoder and the likelihood p(x|z)."""
     # Model.
     config.model = "mlp"  # 'mlp' | 'conv'
     config.latents = 20
@@ -123,6 +142,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.likelihood = "bernoulli"  # 'bernoulli' | 'gaussian' (fixed sigma) | 'gaussian_learned'
     config.gaussian_scale = 1.0  # sigma of the fixed-scale Gaussian likelihood
 
+
+def _add_objective_fields(config: ml_collections.ConfigDict) -> None:
+    """What training minimises, and each objective's own settings."""
     # Objective (see vae_jax/objectives.py for the mathematics of each).
     # 'vae': -ELBO; 'beta_vae': recon + beta * KL; 'annealed_vae': recon + gamma * |KL - C|;
     # 'beta_tcvae': recon + KL + (beta - 1) * TC; 'factor_vae': recon + KL + gamma * TC (a
@@ -140,6 +162,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.dae_corruption = "masking"  # dae: 'masking' (zero pixels) | 'gaussian' (add noise)
     config.dae_noise_level = 0.25  # dae: fraction of pixels masked, or the noise's sigma
 
+
+def _add_optimization_fields(config: ml_collections.ConfigDict) -> None:
+    """The optimizer, the schedule, the length of training and its failure policy."""
     # Optimization.
     config.optimizer = "adam"
     config.learning_rate = 1e-3
@@ -158,6 +183,9 @@ def get_config() -> ml_collections.ConfigDict:
     # can stop cleanly on SIGTERM/SIGINT, so this bounds how long a preemption waits.
     config.steps_per_call = 1000
 
+
+def _add_population_fields(config: ml_collections.ConfigDict) -> None:
+    """K models in one program."""
     # Populations: K models trained in one compiled program with vmap (1 = a single model).
     # Member k has seed `seed + k`, learning rate `population_learning_rates[k]` and its own
     # value of the objective's weight: `population_weights[k]` (POPULATION_WEIGHT_FIELDS: beta,
@@ -168,6 +196,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.population_weights = ()
     config.population_learning_rates = ()
 
+
+def _add_output_fields(config: ml_collections.ConfigDict) -> None:
+    """Evaluation, checkpoints, pictures and the progress bar."""
     # Outputs.
     config.eval_batch_size = 1000
     config.checkpoint_every_epochs = 1
@@ -175,7 +206,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_image_examples = 32  # test images reconstructed and prior samples drawn per grid
     config.images_every_epochs = 1  # draw the grids every this many epochs (and at the end)
     config.progress_bar = True
-    return config
 
 
 def _require(condition: bool, message: str) -> None:
