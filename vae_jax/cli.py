@@ -23,6 +23,7 @@ from vae_jax.errors import Preempted, VaeJaxError
 
 __all__ = [
     "LOG_FILE",
+    "define_workdir_flag",
     "fail",
     "one_line",
     "flag_error_message",
@@ -35,6 +36,12 @@ __all__ = [
 LOG_FILE = "log.txt"  # in the workdir: library messages kept off the terminal
 
 FLAGS = flags.FLAGS
+
+
+def define_workdir_flag(help_text: str) -> None:
+    """`--workdir`, required by both commands."""
+    flags.DEFINE_string("workdir", None, help_text)
+    flags.mark_flag_as_required("workdir")
 
 
 def fail(message: str) -> None:

@@ -351,8 +351,7 @@ def format_table(result: dict) -> str:
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "A workdir written by `python -m vae_jax.main`.")
-    flags.mark_flag_as_required("workdir")
+    cli.define_workdir_flag("A workdir written by `python -m vae_jax.main`.")
     flags.DEFINE_integer("iwae_samples", 5000, "k of the importance-weighted estimate (0: skip).")
     flags.DEFINE_integer("batch_size", 100, "Examples per call of the IWAE estimate.")
     flags.DEFINE_integer("max_examples", 0, "Evaluate the first N examples of the split (0: all).")

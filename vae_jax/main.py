@@ -23,8 +23,7 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """Defined on start, not on import: ml_collections reads the `--config.<field>` overrides
     from sys.argv while defining the flag, and an unknown field raises right there."""
-    flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, images, checkpoints.")
-    flags.mark_flag_as_required("workdir")
+    cli.define_workdir_flag("Directory for config.json, metrics, images, checkpoints.")
     flags.DEFINE_string(
         "coordinator_address",
         None,
