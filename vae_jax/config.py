@@ -257,8 +257,8 @@ def _check_sizes(config, field: str) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Rejects an invalid config with one sentence naming the field, its value and what is allowed.
 
-    Checks what can be checked without data; `train.py` checks the rest (batch size against the
-    split size) right after loading the data, still before any compilation.
+    Checks what can be checked without data; `data.load_splits` checks the rest (the batch size
+    against the split's) right after loading the data, still before any compilation.
 
     Raises:
       ConfigError: the first problem found.
