@@ -631,3 +631,36 @@ def test_image_folder_missing_directory(tmp_path):
 def test_image_folder_bad_image_size_is_a_config_error(tmp_path, image_size):
     with pytest.raises(ConfigError, match="image_size"):
         load_image_folder(str(tmp_path), "images", image_size)
+
+
+def test_from_arrays_takes_uint8_or_unit_floats_with_the_npz_checks():
+    from vae_jax import data
+
+    rng = np.random.default_rng(0)
+    floats = rng.random((6, 4, 4)).astype(np.float32)  # grayscale without a channel axis
+    dataset = data.from_arrays(floats, floats[:2], labels={"train": np.arange(6)}, name="mine")
+    train = dataset.split("train")
+    assert train.dtype == np.uint8 and train.shape == (6, 4, 4, 1)
+    np.testing.assert_array_equal(train[..., 0], np.rint(floats * 255).astype(np.uint8))
+    assert np.max(np.abs(train[..., 0] / 255.0 - floats)) <= 1 / 510 + 1e-7
+    assert dataset.image_shape == (4, 4, 1) and not dataset.binary
+    np.testing.assert_array_equal(dataset.labels["train"], np.arange(6))
+    assert list(dataset.splits) == ["train", "test"]
+    binary = data.from_arrays(floats > 0.5, floats[:2] > 0.5)
+    assert binary.binary and binary.split("test").max() == 255
+    with pytest.raises(DataError, match=r"from_arrays\('arrays'\): array 'train' has float values"):
+        data.from_arrays(floats * 255.0, floats)  # 0..255 as floats
+    with pytest.raises(DataError, match="array 'test' has dtype int64"):
+        data.from_arrays(floats, np.zeros((2, 4, 4), np.int64))
+    with pytest.raises(DataError, match="'train_labels' has 5 labels but 'train' has 6 images"):
+        data.from_arrays(floats, floats, labels={"train": np.arange(5)})
+
+
+def test_float_records_reaching_the_pixel_conversion_are_an_error():
+    import jax.numpy as jnp
+
+    from vae_jax.step import to_float
+
+    assert float(to_float(jnp.full((1, 2), 255, jnp.uint8))[0, 0]) == 1.0
+    with pytest.raises(DataError, match="dtype float32 reached the pixel conversion"):
+        to_float(jnp.ones((1, 2), jnp.float32))

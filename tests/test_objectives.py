@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vae_jax import models, objectives
+from vae_jax.errors import ConfigError
 
 
 def test_kl_matches_monte_carlo_estimate():
@@ -274,3 +275,54 @@ def test_importance_weighted_bound_masks_the_padding_of_its_last_chunk():
     log_qz = -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + log_variance + eps**2, axis=-1)
     expected = jax.scipy.special.logsumexp(log_px + log_pz - log_qz, axis=0) - jnp.log(50.0)
     np.testing.assert_allclose(padded, expected, rtol=1e-5)
+
+
+def test_posterior_terms_agree_with_the_elbo_terms_and_the_sample():
+    model, params, _ = _tiny_model_and_params()
+    x = jnp.array([[[[1.0], [0.0]]], [[[0.0], [1.0]]], [[[1.0], [1.0]]]])
+    key = jax.random.key(3)
+    terms = objectives.posterior_terms(model, params, x, key)
+    elbo = objectives.elbo_terms(model, params, x, key)
+    np.testing.assert_array_equal(terms.recon, elbo["recon"])
+    np.testing.assert_array_equal(terms.kl, elbo["kl"])
+    mean, log_variance = model.apply(params, x, method="encode")
+    np.testing.assert_array_equal(terms.mean, mean)
+    eps = jax.random.normal(key, mean.shape)
+    np.testing.assert_allclose(terms.z, mean + np.exp(0.5 * log_variance) * eps, rtol=1e-6)
+    assert terms.mean.shape == terms.z.shape == (3, 1) and terms.kl.shape == (3,)
+
+
+def test_regularized_loss_adds_the_penalty_to_the_weighted_elbo():
+    model, params, _ = _tiny_model_and_params()
+    x = jnp.array([[[[1.0], [0.0]]], [[[0.0], [1.0]]]])
+    key = jax.random.key(4)
+
+    def regularizer(terms, step):  # a hand-checkable penalty: the batch's mean squared z
+        penalty = 3.0 * jnp.mean(terms.z**2)
+        return penalty, {"z_square": jnp.mean(terms.z**2)}
+
+    loss_fn = objectives.make_regularized_loss(model, regularizer, kl_weight=2.0)
+    loss, metrics = loss_fn(params, x, key, 0)
+    noise_key, dropout_key = jax.random.split(key)
+    terms = objectives.posterior_terms(model, params, x, noise_key, dropout_key)
+    expected = jnp.mean(terms.recon) + 2.0 * jnp.mean(terms.kl) + 3.0 * jnp.mean(terms.z**2)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert set(metrics) == {"loss", "elbo", "recon", "kl", "z_square"}
+    np.testing.assert_allclose(metrics["elbo"], -jnp.mean(terms.recon + terms.kl), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\['kl'\] would replace the ELBO's own"):
+        objectives.make_regularized_loss(model, lambda t, s: (0.0, {"kl": 0.0}))(params, x, key, 0)
+
+
+def test_a_loss_without_the_elbo_metrics_is_refused_before_anything_compiles():
+    model, _, _ = _tiny_model_and_params()
+
+    def loss_without_elbo(params, x, key, step):
+        loss = jnp.mean(objectives.posterior_terms(model, params, x, key).recon)
+        return loss, {"loss": loss}
+
+    broken = objectives.Objective(loss_without_elbo)
+    with pytest.raises(ConfigError, match=r"lack 'elbo', 'recon', 'kl' \(it returned 'loss'\)"):
+        objectives.check_metrics(broken, model, (1, 2, 1), 1, 4, variational=True)
+    objectives.check_metrics(broken, model, (1, 2, 1), 1, 4, variational=False)  # an autoencoder
+    good = objectives.Objective(objectives.make_elbo_loss(model))
+    objectives.check_metrics(good, model, (1, 2, 1), 1, 4, variational=True)

@@ -63,6 +63,15 @@ def build_parts(config: ml_collections.ConfigDict) -> RunParts:
     steps_per_epoch, schedule_steps, total_steps = schedule_lengths(config, len(train_records))
     warn_slow_bf16(config)
     model = models.build_model(config, dataset.image_shape)
+    objective = objectives.make_objective(config, model)
+    objectives.check_metrics(
+        objective,
+        model,
+        dataset.image_shape,
+        config.latents,
+        config.batch_size,
+        variational=objectives.is_variational(config.objective),
+    )
     return RunParts(
         dataset=dataset,
         train_records=train_records,
@@ -71,7 +80,7 @@ def build_parts(config: ml_collections.ConfigDict) -> RunParts:
         schedule_steps=schedule_steps,
         total_steps=total_steps,
         model=model,
-        objective=objectives.make_objective(config, model),
+        objective=objective,
         # A population's members share it: its state depends on the rate's kind, not its value.
         optimizer=optim.build_optimizer(config, schedule_steps),
     )

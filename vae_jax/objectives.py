@@ -27,6 +27,7 @@ import ml_collections
 import optax
 
 from vae_jax import models
+from vae_jax.errors import ConfigError
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -124,8 +125,34 @@ def reparameterize(key: jax.Array, mean: jax.Array, log_variance: jax.Array) -> 
     return mean + jnp.exp(0.5 * log_variance) * eps
 
 
-def _encode_sample_decode(model, params, x, noise_key, dropout_key=None) -> dict:
-    """q(z|x)'s mean and log-variance, one reparameterized z, and -log p(x|z), per example."""
+class PosteriorTerms(NamedTuple):
+    """One reparameterized pass of a batch through a VAE, per example.
+
+    Attributes:
+      mean: (B, D) means of q(z|x).
+      log_variance: (B, D) log-variances of q(z|x).
+      z: (B, D) one sample of q(z|x), differentiable in mean and log_variance.
+      recon: (B,) -log p(x|z) in nats, summed over pixels.
+      kl: (B,) KL(q(z|x) || p(z)) in nats, in closed form.
+    """
+
+    mean: jax.Array
+    log_variance: jax.Array
+    z: jax.Array
+    recon: jax.Array
+    kl: jax.Array
+
+
+def posterior_terms(model, params, x, noise_key, dropout_key=None) -> PosteriorTerms:
+    """Encodes x, draws one z per example and decodes it: the parts every regularized ELBO uses.
+
+    Args:
+      model: a `models.VAE`.
+      params: its variables.
+      x: (B, H, W, C) float batch in [0, 1].
+      noise_key: typed PRNG key (or (B,) keys) for the reparameterization noise.
+      dropout_key: typed PRNG key for dropout; None evaluates deterministically.
+    """
     train = dropout_key is not None
     rngs = {"dropout": dropout_key} if train else None
     mean, log_variance = model.apply(params, x, train, method="encode", rngs=rngs)
@@ -133,7 +160,7 @@ def _encode_sample_decode(model, params, x, noise_key, dropout_key=None) -> dict
     location, log_scale = model.apply(params, z, train, method="decode", rngs=rngs)
     recon = -log_likelihood(x, location, log_scale)
     kl = gaussian_kl_to_standard_normal(mean, log_variance)
-    return {"mean": mean, "log_variance": log_variance, "z": z, "recon": recon, "kl": kl}
+    return PosteriorTerms(mean=mean, log_variance=log_variance, z=z, recon=recon, kl=kl)
 
 
 def elbo_terms(model, params, x: jax.Array, noise_key: jax.Array, dropout_key=None) -> dict:
@@ -155,8 +182,8 @@ def elbo_terms(model, params, x: jax.Array, noise_key: jax.Array, dropout_key=No
       dict of (B,) arrays: `recon` = -log p(x|z) (the reconstruction loss, >= 0 for binary data),
       `kl`, and `elbo` = -(recon + kl).
     """
-    terms = _encode_sample_decode(model, params, x, noise_key, dropout_key)
-    return {"recon": terms["recon"], "kl": terms["kl"], "elbo": -(terms["recon"] + terms["kl"])}
+    terms = posterior_terms(model, params, x, noise_key, dropout_key)
+    return {"recon": terms.recon, "kl": terms.kl, "elbo": -(terms.recon + terms.kl)}
 
 
 def deterministic_terms(model, params, x: jax.Array, noise_key=None, dropout_key=None) -> dict:
@@ -197,6 +224,38 @@ def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0) -> Callab
         weight = beta * linear_warmup(step, kl_warmup_steps)
         loss = jnp.mean(terms["recon"] + weight * terms["kl"])
         return loss, {"loss": loss, **_batch_means(terms)}
+
+    return loss_fn
+
+
+def make_regularized_loss(
+    model, regularizer: Callable, *, kl_weight=1.0, kl_warmup_steps: int = 0
+) -> Callable:
+    r"""A regularized ELBO: minimise E_q[-log p(x|z)] + w_t κ KL(q(z|x) || p(z)) + R.
+
+    R and its metrics come from `regularizer(terms, step) -> (penalty, metrics)`, with `terms` the
+    batch's `PosteriorTerms` and `penalty` a scalar in nats per example (DIP-VAE's moment
+    penalties, InfoVAE's MMD, ...). κ is `kl_weight` (it may be traced, so populations sweep it)
+    and w_t the KL warm-up weight (`linear_warmup`).
+
+    The metrics follow the contract of every variational objective: `loss` (what is minimised),
+    and the batch means of `recon`, `kl` and `elbo` = -(recon + kl), the β = 1 bound, so runs
+    compare on one scale; the regularizer's metrics join them (a name it shares with those is an
+    error at trace time).
+    """
+
+    def loss_fn(params, x, key, step):
+        noise_key, dropout_key = jax.random.split(key)
+        terms = posterior_terms(model, params, x, noise_key, dropout_key)
+        penalty, extra = regularizer(terms, step)
+        means = _batch_means({"recon": terms.recon, "kl": terms.kl})
+        weight = kl_weight * linear_warmup(step, kl_warmup_steps)
+        loss = means["recon"] + weight * means["kl"] + penalty
+        metrics = {"loss": loss, **means, "elbo": -(means["recon"] + means["kl"])}
+        clash = sorted(set(extra) & set(metrics))
+        if clash:
+            raise ValueError(f"the regularizer's metrics {clash} would replace the ELBO's own")
+        return loss, {**metrics, **extra}
 
     return loss_fn
 
@@ -273,10 +332,10 @@ def make_beta_tcvae_loss(model, beta: float, kl_warmup_steps: int = 0) -> Callab
 
     def loss_fn(params, x, key, step):
         noise_key, dropout_key = jax.random.split(key)
-        terms = _encode_sample_decode(model, params, x, noise_key, dropout_key)
-        tc = total_correlation(terms["z"], terms["mean"], terms["log_variance"])
+        terms = posterior_terms(model, params, x, noise_key, dropout_key)
+        tc = total_correlation(terms.z, terms.mean, terms.log_variance)
         weight = linear_warmup(step, kl_warmup_steps)
-        means = _batch_means({k: terms[k] for k in ("recon", "kl")})
+        means = _batch_means({"recon": terms.recon, "kl": terms.kl})
         loss = means["recon"] + weight * (means["kl"] + (beta - 1.0) * tc)
         elbo = -(means["recon"] + means["kl"])
         return loss, {"loss": loss, **means, "elbo": elbo, "tc": tc}
@@ -341,14 +400,14 @@ def make_factor_vae_objective(
 
     def loss_fn(params, x, key, step, critic_params):
         noise_key, dropout_key = jax.random.split(key)
-        terms = _encode_sample_decode(model, params, x, noise_key, dropout_key)
-        logits = discriminator.apply(jax.lax.stop_gradient(critic_params), terms["z"])
+        terms = posterior_terms(model, params, x, noise_key, dropout_key)
+        logits = discriminator.apply(jax.lax.stop_gradient(critic_params), terms.z)
         tc = jnp.mean(logits[:, 0] - logits[:, 1])
-        means = _batch_means({k: terms[k] for k in ("recon", "kl")})
+        means = _batch_means({"recon": terms.recon, "kl": terms.kl})
         loss = means["recon"] + linear_warmup(step, kl_warmup_steps) * means["kl"] + gamma * tc
         elbo = -(means["recon"] + means["kl"])
         metrics = {"loss": loss, **means, "elbo": elbo, "tc": tc}
-        return loss, {**metrics, "latents": jax.lax.stop_gradient(terms["z"])}
+        return loss, {**metrics, "latents": jax.lax.stop_gradient(terms.z)}
 
     def critic_loss(critic_params, z, key):
         permuted = permute_dimensions(key, z)
@@ -469,6 +528,41 @@ def make_objective(
             make_autoencoder_loss(model, config.dae_corruption, setting("dae_noise_level"))
         )
     raise ValueError(f"objective={name!r} is not known")  # validate_config rejects it first
+
+
+# Every objective's metrics hold `loss`; a variational one's also these batch means, so that
+# every run reports the same figures (train_elbo, ...) on one scale.
+VARIATIONAL_METRICS = ("elbo", "recon", "kl")
+
+
+def check_metrics(
+    objective: Objective, model, image_shape, latents: int, batch_size: int, *, variational: bool
+) -> None:
+    """Refuses, before anything is compiled, an objective whose metrics break the contract.
+
+    Traces the loss once on abstract inputs (`jax.eval_shape`: no computation) and names the
+    missing keys, instead of a KeyError after an epoch has trained.
+
+    Raises:
+      ConfigError: `loss` is missing, or for a variational objective one of VARIATIONAL_METRICS.
+    """
+    key = jax.random.key(0)
+    x = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+    z = jax.ShapeDtypeStruct((batch_size, latents), jnp.float32)
+    params = jax.eval_shape(lambda x, z: model.init(key, x, z), x, z)
+    extra = () if objective.critic is None else (jax.eval_shape(objective.critic.init, key),)
+    _, metrics = jax.eval_shape(
+        lambda p, x, *e: objective.loss(p, x, key, jnp.zeros((), jnp.int32), *e), params, x, *extra
+    )
+    required = ("loss", *VARIATIONAL_METRICS) if variational else ("loss",)
+    missing = [name for name in required if name not in metrics]
+    if missing:
+        raise ConfigError(
+            f"the objective's metrics lack {', '.join(repr(m) for m in missing)} (it returned "
+            f"{', '.join(repr(m) for m in sorted(metrics)) or 'none'}): every objective reports "
+            "'loss', and a variational one the batch means 'elbo', 'recon' and 'kl' in nats per "
+            "example (objectives.make_regularized_loss adds them)."
+        )
 
 
 def is_variational(objective: str) -> bool:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from vae_jax import models, objectives, rng
+from vae_jax.errors import DataError
 
 __all__ = [
     "TrainState",
@@ -55,7 +56,19 @@ class TrainState:
 
 
 def to_float(images: jax.Array) -> jax.Array:
-    """uint8 pixels 0..255 -> float32 in [0, 1] (0 and 255 map to exactly 0 and 1)."""
+    """uint8 pixels 0..255 -> float32 in [0, 1] (0 and 255 map to exactly 0 and 1).
+
+    Raises:
+      DataError (at trace time): records of another dtype. Dividing floats that are already in
+        [0, 1] by 255 would train silently on values <= 0.004; `data.from_arrays` and the data
+        sources make uint8 records of every input.
+    """
+    if images.dtype != jnp.uint8:
+        raise DataError(
+            f"image records of dtype {images.dtype} reached the pixel conversion, which takes "
+            "uint8 0..255; build the data set with vae_jax.data.from_arrays (it accepts uint8 or "
+            "floats in [0, 1])."
+        )
     return images.astype(jnp.float32) * (1.0 / 255.0)
 
 

@@ -88,6 +88,36 @@ def check_dataset_name(name: str) -> None:
     )
 
 
+def from_arrays(
+    train: np.ndarray,
+    test: np.ndarray,
+    valid: np.ndarray | None = None,
+    labels: dict[str, np.ndarray] | None = None,
+    name: str = "arrays",
+) -> Dataset:
+    """A Dataset from images in memory.
+
+    Args:
+      train, test, valid: (N, H, W) or (N, H, W, C) images, C in {1, 3}, as uint8 0..255, bool,
+        or floats in [0, 1] (quantised to uint8 by rounding x * 255; training sees x again to
+        within 1/510). All share one image shape.
+      labels: optional split name -> (N,) integer class labels.
+      name: how the data set is named in messages and records.
+
+    Raises:
+      DataError: what `npz:` files are refused for: another dtype (int, or floats outside
+        [0, 1] such as 0..255 stored as floats), NaN, a bad shape, labels of another length.
+    """
+    from vae_jax.data import files
+
+    arrays = {"train": np.asarray(train), "test": np.asarray(test)}
+    if valid is not None:
+        arrays["valid"] = np.asarray(valid)
+    for split, values in (labels or {}).items():
+        arrays[f"{split}_labels"] = np.asarray(values)
+    return files.dataset_from_arrays(arrays, name, f"data.from_arrays({name!r})")
+
+
 def first_examples(records: np.ndarray, limit: int) -> np.ndarray:
     """The first `limit` records (0: all of them)."""
     return records if limit == 0 else records[:limit]

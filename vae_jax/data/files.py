@@ -243,53 +243,52 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             ) from error
 
 
-def _check_npz_keys(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _check_array_names(source: str, arrays: dict[str, np.ndarray]) -> None:
     """Requires 'train' and 'test' and rejects names that would otherwise be silently ignored."""
     found = ", ".join(sorted(arrays)) or "none"
     missing = [split for split in ("train", "test") if split not in arrays]
     if missing:
         raise DataError(
-            f"npz file {path} has no array named {' or '.join(map(repr, missing))}; it has: "
+            f"{source} has no array named {' or '.join(map(repr, missing))}; it has: "
             f"{found}; expected 'train' and 'test' (and optionally 'valid', '<split>_labels')."
         )
     # A typo such as 'validation' or 'test_label' would otherwise drop data without a word.
     unknown = [key for key in arrays if key not in _NPZ_ALLOWED]
     if unknown:
         raise DataError(
-            f"npz file {path} has arrays with names not understood: {', '.join(sorted(unknown))}; "
+            f"{source} has arrays with names not understood: {', '.join(sorted(unknown))}; "
             f"expected only: {', '.join(_NPZ_ALLOWED)}."
         )
     for split in _SPLIT_ORDER:
         if f"{split}_labels" in arrays and split not in arrays:
             raise DataError(
-                f"npz file {path} has '{split}_labels' but no '{split}' array; expected labels "
+                f"{source} has '{split}_labels' but no '{split}' array; expected labels "
                 "only for splits that have images."
             )
 
 
-def _npz_images(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+def _checked_images(source: str, key: str, array: np.ndarray) -> np.ndarray:
     """Checks one split's images and returns them as uint8 (N, H, W, C)."""
     if array.ndim not in (3, 4):
         raise DataError(
-            f"npz file {path}: array {key!r} has shape {array.shape}; expected (N, H, W) or "
-            "(N, H, W, C)."
+            f"{source}: array {key!r} has shape {array.shape}; expected (N, H, W) or (N, H, W, C)."
         )
     if array.ndim == 3:
         array = array[..., np.newaxis]
     if array.shape[-1] not in (1, 3):
         raise DataError(
-            f"npz file {path}: array {key!r} has {array.shape[-1]} channels (shape "
+            f"{source}: array {key!r} has {array.shape[-1]} channels (shape "
             f"{array.shape}); expected 1 (grayscale) or 3 (RGB) in the last axis."
         )
     if 0 in array.shape:
         raise DataError(
-            f"npz file {path}: array {key!r} has shape {array.shape}, with a dimension of 0; "
+            f"{source}: array {key!r} has shape {array.shape}, with a dimension of 0; "
             "expected at least one image of at least 1x1 pixels."
         )
-    return _npz_to_uint8(path, key, array)
+    return _to_uint8(source, key, array)
 
 
-def _npz_to_uint8(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+def _to_uint8(source: str, key: str, array: np.ndarray) -> np.ndarray:
     """Converts uint8, bool or [0, 1] float pixels to uint8 0..255; other dtypes are errors."""
     if array.dtype == np.uint8:
         return array
@@ -298,48 +297,71 @@ def _npz_to_uint8(path: Path, key: str, array: np.ndarray) -> np.ndarray:
     if array.dtype.kind in "iu":
         # Other integer types are refused rather than guessed at: 0/1 and 0..255 both occur.
         raise DataError(
-            f"npz file {path}: array {key!r} has dtype {array.dtype}; expected uint8 (0..255) or "
+            f"{source}: array {key!r} has dtype {array.dtype}; expected uint8 (0..255) or "
             "float (0..1), e.g. convert 0..255 values with .astype(np.uint8)."
         )
     if array.dtype.kind != "f":
         raise DataError(
-            f"npz file {path}: array {key!r} has non-numeric or unsupported dtype {array.dtype}; "
+            f"{source}: array {key!r} has non-numeric or unsupported dtype {array.dtype}; "
             "expected uint8 (0..255) or float (0..1)."
         )
     if not np.all(np.isfinite(array)):
         raise DataError(
-            f"npz file {path}: array {key!r} contains NaN or infinite values; expected float "
+            f"{source}: array {key!r} contains NaN or infinite values; expected float "
             "pixels in [0, 1]."
         )
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
         raise DataError(
-            f"npz file {path}: array {key!r} has float values in [{low:g}, {high:g}]; expected "
+            f"{source}: array {key!r} has float values in [{low:g}, {high:g}]; expected "
             "[0, 1] (store 0..255 pixels as uint8)."
         )
     return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
 
 
-def _npz_labels(path: Path, key: str, array: np.ndarray, count: int) -> np.ndarray:
+def _checked_labels(source: str, key: str, array: np.ndarray, count: int) -> np.ndarray:
     """Checks one split's labels against its image count and returns them as int32 (N,)."""
     if array.ndim != 1 or array.dtype.kind not in "iu":
         raise DataError(
-            f"npz file {path}: array {key!r} has shape {array.shape} and dtype {array.dtype}; "
+            f"{source}: array {key!r} has shape {array.shape} and dtype {array.dtype}; "
             "expected a 1-D array of integer class labels."
         )
     if len(array) != count:
         split = key.removesuffix("_labels")
         raise DataError(
-            f"npz file {path}: array {key!r} has {len(array)} labels but {split!r} has {count} "
+            f"{source}: array {key!r} has {len(array)} labels but {split!r} has {count} "
             "images; expected one label per image."
         )
     info = np.iinfo(np.int32)
     if len(array) and (array.min() < info.min or array.max() > info.max):
         raise DataError(
-            f"npz file {path}: array {key!r} has labels outside the int32 range; expected class "
-            "indices."
+            f"{source}: array {key!r} has labels outside the int32 range; expected class indices."
         )
     return array.astype(np.int32)
+
+
+def dataset_from_arrays(arrays: dict[str, np.ndarray], name: str, source: str) -> Dataset:
+    """A Dataset from named arrays as an .npz archive holds them ('train', 'test', optionally
+    'valid' and '<split>_labels'), with every check of `load_npz`; errors name `source`."""
+    _check_array_names(source, arrays)
+    splits = {
+        split: _checked_images(source, split, arrays[split])
+        for split in _SPLIT_ORDER
+        if split in arrays
+    }
+    shapes = {split: images.shape[1:] for split, images in splits.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{split} {shape}" for split, shape in shapes.items())
+        raise DataError(
+            f"{source} has splits of different image shapes ({listed}); expected one "
+            "(H, W, C) for all splits."
+        )
+    labels = {
+        split: _checked_labels(source, f"{split}_labels", arrays[f"{split}_labels"], len(images))
+        for split, images in splits.items()
+        if f"{split}_labels" in arrays
+    }
+    return _make_dataset(name, splits, labels)
 
 
 def load_npz(path: str, name: str) -> Dataset:
@@ -364,24 +386,7 @@ def load_npz(path: str, name: str) -> Dataset:
         raise DataError(f"npz file {file} does not exist; expected a file written by np.savez.")
     if not file.is_file():
         raise DataError(f"npz file {file} is not a file; expected a file written by np.savez.")
-    arrays = _read_npz(file)
-    _check_npz_keys(file, arrays)
-    splits = {
-        split: _npz_images(file, split, arrays[split]) for split in _SPLIT_ORDER if split in arrays
-    }
-    shapes = {split: images.shape[1:] for split, images in splits.items()}
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{split} {shape}" for split, shape in shapes.items())
-        raise DataError(
-            f"npz file {file} has splits of different image shapes ({listed}); expected one "
-            "(H, W, C) for all splits."
-        )
-    labels = {
-        split: _npz_labels(file, f"{split}_labels", arrays[f"{split}_labels"], len(images))
-        for split, images in splits.items()
-        if f"{split}_labels" in arrays
-    }
-    return _make_dataset(name, splits, labels)
+    return dataset_from_arrays(_read_npz(file), name, f"npz file {file}")
 
 
 # --------------------------------------------------------------------------------------------
