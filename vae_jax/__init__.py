@@ -28,6 +28,8 @@ _EXPORTS = {
     "export_member": "vae_jax.population",
     "evaluate_workdir": "vae_jax.evaluate",
     "load": "vae_jax.trained",
+    "register_objective": "vae_jax.registry",
+    "unregister_objective": "vae_jax.registry",
     "TrainedModel": "vae_jax.trained",
     "VaeJaxError": "vae_jax.errors",
     "ConfigError": "vae_jax.errors",

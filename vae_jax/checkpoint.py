@@ -6,7 +6,7 @@ to a temporary directory and renames it when complete, so a partial write is nev
 
 Resuming refuses, with the fields named, a checkpoint whose config differs in anything but
 `config.RESUME_SAFE_FIELDS` or settings that neither run's objective reads
-(`config.OBJECTIVE_FIELDS`), and reports a checkpoint it cannot read instead of training over it.
+(`config.objective_fields()`), and reports a checkpoint it cannot read instead of training over it.
 Nothing in the workdir is changed by a refused resume.
 """
 

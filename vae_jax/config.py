@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from vae_jax import data
+from vae_jax import data, registry
 from vae_jax.errors import ConfigError
 
 MODELS = ("mlp", "conv")
@@ -27,9 +27,8 @@ LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "burda")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "elu", "softplus")
-OBJECTIVES = ("vae", "beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "iwae", "ae", "dae")
-# Objectives with a KL term that `kl_warmup_steps` can ramp up, and with an ELBO to report.
-VARIATIONAL_OBJECTIVES = ("vae", "beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "iwae")
+# The built-in objectives' names (`registry`; users register more).
+OBJECTIVES = registry.BUILTIN_OBJECTIVES
 DAE_CORRUPTIONS = ("masking", "gaussian")
 DTYPES = ("float32", "bfloat16")
 EVAL_SPLITS = ("test", "valid")
@@ -59,29 +58,27 @@ RESUME_SAFE_FIELDS = frozenset(
     }
 )
 
-# Settings that only some objectives read. When neither the checkpoint's objective nor the
-# resuming run's reads one, a changed value (or a changed default) cannot change the computation.
-OBJECTIVE_FIELDS = {
-    "capacity_gamma": ("annealed_vae",),
-    "capacity_max": ("annealed_vae",),
-    "capacity_steps": ("annealed_vae",),
-    "factor_gamma": ("factor_vae",),
-    "discriminator_hidden": ("factor_vae",),
-    "discriminator_learning_rate": ("factor_vae",),
-    "iwae_samples": ("iwae",),
-    "dae_corruption": ("dae",),
-    "dae_noise_level": ("dae",),
-}
 
-# The weight of each objective that has one: what `population_weights` gives each member its own
-# value of. Populations trace it (and the learning rate), so one compiled program serves any
-# sweep of the same shape.
+def objective_fields() -> dict[str, tuple[str, ...]]:
+    """Each setting that only some objectives read, and which: from the registrations. A value
+    set while another objective runs is refused; when neither a checkpoint's objective nor the
+    resuming run's reads one, a changed value (or default) cannot change the computation."""
+    readers: dict[str, tuple[str, ...]] = {}
+    for spec in registry.objective_specs():
+        for field in spec.reads:
+            readers[field] = (*readers.get(field, ()), spec.name)
+    return readers
+
+
+def population_weight_field(objective: str) -> str | None:
+    """The field `population_weights` sets for `objective`: its first sweepable one, or None."""
+    sweepable = registry.objective_spec(objective).sweepable
+    return sweepable[0] if sweepable else None
+
+
+# The built-in objectives' weights (what `population_weights` sets), for the documentation.
 POPULATION_WEIGHT_FIELDS = {
-    "beta_vae": "beta",
-    "beta_tcvae": "beta",
-    "annealed_vae": "capacity_gamma",
-    "factor_vae": "factor_gamma",
-    "dae": "dae_noise_level",
+    name: population_weight_field(name) for name in OBJECTIVES if population_weight_field(name)
 }
 
 
@@ -100,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
         _add_output_fields,
     ):
         add_fields(config)
+    for spec in registry.objective_specs():  # a registered objective's own settings
+        for field, default in spec.fields.items():
+            config[field] = default
     return config
 
 
@@ -303,7 +303,7 @@ def _check_choices(config) -> None:
         ("lr_schedule", LR_SCHEDULES),
         ("activation", ACTIVATIONS),
         ("dtype", DTYPES),
-        ("objective", OBJECTIVES),
+        ("objective", registry.objective_names()),
         ("dae_corruption", DAE_CORRUPTIONS),
     ):
         _check_choice(config, field, allowed)
@@ -403,43 +403,49 @@ def _check_combinations(config) -> None:
 def _check_objective(config) -> None:
     """Settings that contradict the chosen objective (a silently ignored setting is a bug)."""
     objective = config.objective
+    spec = registry.objective_spec(objective)
+    if spec.validate is not None:
+        spec.validate(config)
+    variational = [s.name for s in registry.objective_specs() if s.variational]
     _require(
-        objective != "vae" or config.beta == 1.0,
-        f"beta={config.beta!r} with objective='vae', whose KL weight is 1; "
-        "use objective='beta_vae' for another weight.",
-    )
-    _require(
-        objective in VARIATIONAL_OBJECTIVES or config.kl_warmup_steps == 0,
+        spec.variational or config.kl_warmup_steps == 0,
         f"kl_warmup_steps={config.kl_warmup_steps!r} with objective={objective!r}, which has no KL "
-        f"term; allowed with: {', '.join(repr(o) for o in VARIATIONAL_OBJECTIVES)}.",
+        f"term; allowed with: {', '.join(repr(o) for o in variational)}.",
     )
+    _check_unread_settings(config)
+    weight = population_weight_field(objective)
     _require(
-        not config.population_betas or POPULATION_WEIGHT_FIELDS.get(objective) == "beta",
+        not config.population_betas or weight == "beta",
         f"population_betas={tuple(config.population_betas)!r} with objective={objective!r}, "
         "which has no beta; per-member betas need objective='beta_vae' or 'beta_tcvae'"
-        + (
-            f", and population_weights sets this objective's {POPULATION_WEIGHT_FIELDS[objective]}."
-            if objective in POPULATION_WEIGHT_FIELDS
-            else "."
-        ),
+        + (f", and population_weights sets this objective's {weight}." if weight else "."),
     )
+    weighted = [s.name for s in registry.objective_specs() if s.sweepable]
     _require(
-        not config.population_weights or objective in POPULATION_WEIGHT_FIELDS,
+        not config.population_weights or weight is not None,
         f"population_weights={tuple(config.population_weights)!r} with objective={objective!r}, "
-        "which has no weight to sweep; allowed with: "
-        f"{', '.join(repr(o) for o in POPULATION_WEIGHT_FIELDS)}.",
+        f"which has no weight to sweep; allowed with: {', '.join(repr(o) for o in weighted)}.",
     )
     _require(
         not (config.population_weights and config.population_betas),
         "population_betas and population_weights are both set; give the members' weights once, "
         "in population_weights.",
     )
-    if objective in ("beta_tcvae", "factor_vae"):
-        _require(
-            config.batch_size >= 2,
-            f"batch_size={config.batch_size} with objective={objective!r}, whose total-"
-            "correlation estimate compares the examples of a batch; allowed: >= 2.",
-        )
+
+
+def _check_unread_settings(config) -> None:
+    """A setting of another objective, changed from its default, would be ignored: refuse it."""
+    defaults = get_config()
+    for field, readers in objective_fields().items():
+        if config.objective in readers or field not in config:
+            continue
+        value, default = config[field], defaults[field]
+        if (tuple(value) if isinstance(value, list) else value) != default:
+            raise ConfigError(
+                f"{field}={value!r} is set, but objective={config.objective!r} does not read it "
+                f"(only {', '.join(repr(r) for r in readers)} do); remove the setting or train "
+                "one of those objectives."
+            )
 
 
 def _check_population(config) -> None:
@@ -493,7 +499,7 @@ def member_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.C
     if config.population_betas:
         member.beta = float(config.population_betas[k])
     if config.population_weights:
-        member[POPULATION_WEIGHT_FIELDS[config.objective]] = float(config.population_weights[k])
+        member[population_weight_field(config.objective)] = float(config.population_weights[k])
     if config.population_learning_rates:
         member.learning_rate = float(config.population_learning_rates[k])
     member.population_size = 1
@@ -514,11 +520,12 @@ def resume_incompatibilities(saved: Mapping, current: Mapping) -> list[str]:
     saved, current = config_to_dict(saved), config_to_dict(current)
     defaults = config_to_dict(get_config())
     objectives_in_play = {saved.get("objective", "vae"), current.get("objective", "vae")}
+    readers = objective_fields()
     differences = []
     for field in sorted(set(saved) | set(current)):
         if field in RESUME_SAFE_FIELDS:
             continue
-        if field in OBJECTIVE_FIELDS and not objectives_in_play & set(OBJECTIVE_FIELDS[field]):
+        if field in readers and not objectives_in_play & set(readers[field]):
             continue  # read by neither run's objective
         if field not in saved and current.get(field) == defaults.get(field):
             continue  # a field added since the checkpoint, at its default: the same computation

@@ -32,7 +32,7 @@ from absl import logging
 
 from vae_jax import checkpoint
 from vae_jax import workdir as workdir_lib
-from vae_jax.config import POPULATION_WEIGHT_FIELDS, config_to_dict
+from vae_jax.config import config_to_dict, population_weight_field
 from vae_jax.errors import DivergenceError, Preempted
 from vae_jax.records import as_json, check_finite, epoch_record, headline, summary
 from vae_jax.stopping import StopSignals
@@ -99,7 +99,7 @@ class Job:
         if not self.stacked:
             return ""
         member = self.members[k]
-        weight = POPULATION_WEIGHT_FIELDS.get(member.objective, "beta")
+        weight = population_weight_field(member.objective) or "beta"
         return (
             f"population member {k} (seed {member.seed}, {weight} {member[weight]:g}, "
             f"learning_rate {member.learning_rate:g}): "

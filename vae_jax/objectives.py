@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vae_jax import models
+from vae_jax import models, registry
 from vae_jax.errors import ConfigError
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -477,57 +477,70 @@ def make_autoencoder_loss(model, corruption: str | None = None, level: float = 0
     return loss_fn
 
 
+def build_elbo(config, model) -> Callable:
+    """'vae' and 'beta_vae' (`make_elbo_loss`)."""
+    return make_elbo_loss(model, config.beta, config.kl_warmup_steps)
+
+
+def build_annealed(config, model) -> Callable:
+    """'annealed_vae' (`make_annealed_loss`)."""
+    return make_annealed_loss(
+        model,
+        config.capacity_gamma,
+        config.capacity_max,
+        config.capacity_steps,
+        config.kl_warmup_steps,
+    )
+
+
+def build_beta_tcvae(config, model) -> Callable:
+    """'beta_tcvae' (`make_beta_tcvae_loss`)."""
+    return make_beta_tcvae_loss(model, config.beta, config.kl_warmup_steps)
+
+
+def build_factor_vae(config, model) -> Objective:
+    """'factor_vae' (`make_factor_vae_objective`)."""
+    return make_factor_vae_objective(
+        model,
+        config.latents,
+        config.factor_gamma,
+        config.discriminator_hidden,
+        config.discriminator_learning_rate,
+        config.kl_warmup_steps,
+    )
+
+
+def build_iwae(config, model) -> Callable:
+    """'iwae' (`make_iwae_loss`)."""
+    return make_iwae_loss(model, config.iwae_samples, config.kl_warmup_steps)
+
+
+def build_autoencoder(config, model) -> Callable:
+    """'ae' (`make_autoencoder_loss` without corruption)."""
+    del config
+    return make_autoencoder_loss(model)
+
+
+def build_denoising_autoencoder(config, model) -> Callable:
+    """'dae' (`make_autoencoder_loss` of a corrupted input)."""
+    return make_autoencoder_loss(model, config.dae_corruption, config.dae_noise_level)
+
+
 def make_objective(
     config: ml_collections.ConfigDict, model, traced: Mapping | None = None
 ) -> Objective:
-    """The objective `config.objective` names, with its settings from `config`.
+    """The objective `config.objective` names (`registry`), with its settings from `config`.
 
     Args:
       config: a validated config.
       model: the `models.VAE` it trains.
       traced: values that replace config fields, possibly traced (a population passes each
-        member's weight, `config.POPULATION_WEIGHT_FIELDS`, this way): one compiled program then
-        serves any values of the sweep.
+        member's sweepable fields this way): one compiled program then serves any values of the
+        sweep.
     """
-    traced = traced or {}
-
-    def setting(field):
-        return traced[field] if field in traced else config[field]
-
-    warmup = config.kl_warmup_steps
-    name = config.objective
-    if name in ("vae", "beta_vae"):
-        return Objective(make_elbo_loss(model, setting("beta"), warmup))
-    if name == "annealed_vae":
-        return Objective(
-            make_annealed_loss(
-                model,
-                setting("capacity_gamma"),
-                setting("capacity_max"),
-                config.capacity_steps,
-                warmup,
-            )
-        )
-    if name == "beta_tcvae":
-        return Objective(make_beta_tcvae_loss(model, setting("beta"), warmup))
-    if name == "factor_vae":
-        return make_factor_vae_objective(
-            model,
-            config.latents,
-            setting("factor_gamma"),
-            config.discriminator_hidden,
-            config.discriminator_learning_rate,
-            warmup,
-        )
-    if name == "iwae":
-        return Objective(make_iwae_loss(model, config.iwae_samples, warmup))
-    if name == "ae":
-        return Objective(make_autoencoder_loss(model))
-    if name == "dae":
-        return Objective(
-            make_autoencoder_loss(model, config.dae_corruption, setting("dae_noise_level"))
-        )
-    raise ValueError(f"objective={name!r} is not known")  # validate_config rejects it first
+    spec = registry.objective_spec(config.objective)
+    built = spec.builder()(registry.ConfigView(config, traced), model)
+    return built if isinstance(built, Objective) else Objective(built)
 
 
 # Every objective's metrics hold `loss`; a variational one's also these batch means, so that
@@ -567,7 +580,7 @@ def check_metrics(
 
 def is_variational(objective: str) -> bool:
     """Whether the objective has a posterior q(z|x) and a KL: an ELBO to report."""
-    return objective not in ("ae", "dae")
+    return registry.objective_spec(objective).variational
 
 
 def _gaussian_log_density(z: jax.Array, mean: jax.Array, log_variance: jax.Array) -> jax.Array:

@@ -61,7 +61,12 @@ from vae_jax import (
     rng,
 )
 from vae_jax import workdir as workdir_lib
-from vae_jax.config import POPULATION_WEIGHT_FIELDS, config_to_dict, member_config, validate_config
+from vae_jax.config import (
+    config_to_dict,
+    member_config,
+    population_weight_field,
+    validate_config,
+)
 from vae_jax.errors import ConfigError, WorkdirError
 from vae_jax.step import TrainState, create_train_state, make_train_epoch, make_train_step
 
@@ -109,9 +114,9 @@ def initial_population_state(
 
 def member_hyperparameters(members) -> dict[str, jax.Array]:
     """The traced per-member arguments: float32 (K,) arrays of the learning rate and, for an
-    objective with a weight, of that field (`config.POPULATION_WEIGHT_FIELDS`)."""
+    objective with a weight, of that field (`config.population_weight_field`)."""
     fields = ["learning_rate"]
-    weight = POPULATION_WEIGHT_FIELDS.get(members[0].objective)
+    weight = population_weight_field(members[0].objective)
     if weight is not None:
         fields.append(weight)
     return {field: jnp.asarray([m[field] for m in members], jnp.float32) for field in fields}
