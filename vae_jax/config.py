@@ -443,8 +443,8 @@ def _check_unread_settings(config) -> None:
         if (tuple(value) if isinstance(value, list) else value) != default:
             raise ConfigError(
                 f"{field}={value!r} is set, but objective={config.objective!r} does not read it "
-                f"(only {', '.join(repr(r) for r in readers)} do); remove the setting or train "
-                "one of those objectives."
+                f"(it is read by {' and '.join(repr(r) for r in readers)} only); remove the "
+                "setting or train that objective."
             )
 
 
