@@ -3,6 +3,7 @@
 import json
 import os
 
+import flax.linen
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from conftest import small_config, without_timings
 
 import vae_jax
 from vae_jax import config as config_lib
-from vae_jax import objectives, registry
+from vae_jax import data, models, objectives, registry
 
 
 def build_moment_matched(config, model):
@@ -87,3 +88,78 @@ def test_a_registered_objective_trains_resumes_and_sweeps(moment_objective, tmp_
         np.testing.assert_allclose(records[0][1][field], straight[1][field], rtol=1e-4)
     assert records[1][0]["train_loss"] < records[0][0]["train_loss"]  # no penalty at weight 0
     assert os.path.isfile(tmp_path / "sweep" / "members" / "1" / "metrics.jsonl")
+
+
+class TinyEncoder(flax.linen.Module):
+    """A user's own encoder: one convolution, then the two heads."""
+
+    latents: int
+
+    @flax.linen.compact
+    def __call__(self, x, train=False):
+        h = flax.linen.relu(flax.linen.Conv(4, (3, 3), strides=(2, 2))(x))
+        h = h.reshape((h.shape[0], -1))
+        return flax.linen.Dense(self.latents)(h), flax.linen.Dense(self.latents)(h)
+
+
+class TinyDecoder(flax.linen.Module):
+    image_shape: tuple
+
+    @flax.linen.compact
+    def __call__(self, z, train=False):
+        pixels = int(np.prod(self.image_shape))
+        return flax.linen.Dense(pixels)(z).reshape((z.shape[0], *self.image_shape))
+
+
+def build_tiny(config, image_shape):
+    return models.VAE(TinyEncoder(config.latents), TinyDecoder(image_shape), config.likelihood)
+
+
+def load_noise(config):
+    """Float [0, 1] images in memory: 8x8 gray noise, 512 training and 128 test images."""
+    rng = np.random.default_rng(config.seed)
+    images = rng.random((640, 8, 8)).astype(np.float32)
+    return data.from_arrays(images[:512], images[512:], name="noise")
+
+
+@pytest.fixture
+def user_model_and_data():
+    vae_jax.register_model("tiny_conv", build_tiny)
+    vae_jax.register_dataset("noise", load_noise)
+    yield
+    registry.unregister("tiny_conv")
+    registry.unregister("noise")
+
+
+def test_a_registered_model_and_data_set_train_resume_load_and_evaluate(
+    user_model_and_data, tmp_path
+):
+    settings = {"model": "tiny_conv", "dataset": "noise", "likelihood": "gaussian"}
+    config = small_config(**settings, max_train_examples=0, num_epochs=2, batch_size=64)
+    straight = vae_jax.train_and_evaluate(config, str(tmp_path / "straight"))
+    assert [r["step"] for r in straight] == [8, 16] and np.isfinite(straight[-1]["test_elbo"])
+    with open(tmp_path / "straight" / "config.json") as f:
+        assert json.load(f)["model"] == "tiny_conv"  # recorded as what it is
+    config.num_epochs = 1
+    vae_jax.train_and_evaluate(config, str(tmp_path / "resumed"))
+    config.num_epochs = 2
+    resumed = vae_jax.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert without_timings(resumed) == without_timings(straight)
+    model = vae_jax.load(str(tmp_path / "straight"))
+    assert model.image_shape == (8, 8, 1) and isinstance(model.model.encoder, TinyEncoder)
+    assert model.reconstruct(np.zeros((2, 8, 8, 1), np.float32)).shape == (2, 8, 8, 1)
+    result = vae_jax.evaluate_workdir(str(tmp_path / "straight"), iwae_samples=8, draw=False)
+    assert result["checkpoint_step"] == 16 and np.isfinite(result["metrics"]["iwae_nll"])
+
+
+def test_user_models_and_data_sets_are_checked(user_model_and_data):
+    with pytest.raises(vae_jax.ConfigError, match="model 'tiny_conv' is registered already"):
+        vae_jax.register_model("tiny_conv", build_tiny)
+    with pytest.raises(vae_jax.ConfigError, match="model='nope' is not known; allowed: 'mlp'"):
+        config_lib.validate_config(small_config(model="nope"))
+    vae_jax.register_dataset("not_a_dataset", lambda config: np.zeros((4, 2, 2)))
+    try:
+        with pytest.raises(vae_jax.ConfigError, match="returned a ndarray, not a vae_jax.data"):
+            data.load_splits(small_config(dataset="not_a_dataset"))
+    finally:
+        registry.unregister("not_a_dataset")

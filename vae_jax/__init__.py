@@ -30,6 +30,8 @@ _EXPORTS = {
     "load": "vae_jax.trained",
     "register_objective": "vae_jax.registry",
     "unregister_objective": "vae_jax.registry",
+    "register_model": "vae_jax.registry",
+    "register_dataset": "vae_jax.registry",
     "TrainedModel": "vae_jax.trained",
     "VaeJaxError": "vae_jax.errors",
     "ConfigError": "vae_jax.errors",

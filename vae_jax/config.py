@@ -22,7 +22,7 @@ import ml_collections
 from vae_jax import data, registry
 from vae_jax.errors import ConfigError
 
-MODELS = ("mlp", "conv")
+MODELS = ("mlp", "conv")  # the built-in models (`registry`; users register more)
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "burda")
@@ -97,7 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
         _add_output_fields,
     ):
         add_fields(config)
-    for spec in registry.objective_specs():  # a registered objective's own settings
+    for spec in (*registry.objective_specs(), *registry.model_specs()):  # registered settings
         for field, default in spec.fields.items():
             config[field] = default
     return config
@@ -297,7 +297,7 @@ def _check_choices(config) -> None:
         ("step_loop", STEP_LOOPS),
         ("nan_policy", NAN_POLICIES),
         ("eval_split", EVAL_SPLITS),
-        ("model", MODELS),
+        ("model", registry.model_names()),
         ("likelihood", LIKELIHOODS),
         ("optimizer", OPTIMIZERS),
         ("lr_schedule", LR_SCHEDULES),

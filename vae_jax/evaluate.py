@@ -136,7 +136,7 @@ class _Run:
 
 
 def _load_run(workdir: str, config: ml_collections.ConfigDict, max_examples: int) -> _Run:
-    dataset = data.load_dataset(config.dataset, config.image_size, config.data_dir)
+    dataset = data.dataset_for(config)
     records = dataset.split(config.eval_split)
     if max_examples:
         records = records[:max_examples]

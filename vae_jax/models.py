@@ -276,6 +276,20 @@ class ConvDecoder(nn.Module):
 class VAE(nn.Module):
     """An encoder, a decoder and, for the learned-scale Gaussian, one log-scale per pixel.
 
+    The contract a user's own modules keep (`vae_jax.register_model`), as typing protocols::
+
+        class Encoder(Protocol):   # a flax.linen.Module
+            def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+                '(B, H, W, C) float images in [0, 1] -> (mean, log_variance), each (B, latents)'
+
+        class Decoder(Protocol):   # a flax.linen.Module with an `image_shape` attribute
+            image_shape: tuple[int, int, int]
+            def __call__(self, z: Array, train: bool) -> Array:
+                '(B, latents) -> (B, H, W, C) logits (Bernoulli) or means (Gaussian)'
+
+    `train` is True in training steps (dropout then takes its key from `rngs={'dropout': key}`);
+    anything else random is drawn by the objective from explicit keys.
+
     Attributes:
       encoder: returns (mean, log_variance) of q(z|x).
       decoder: returns the location of p(x|z): logits or Gaussian means.
@@ -328,35 +342,50 @@ class Discriminator(nn.Module):
         return nn.Dense(2)(h)
 
 
-def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> VAE:
-    """The VAE that `config` describes, for images of `image_shape` (H, W, C)."""
-    activation = ACTIVATIONS[config.activation]
-    dtype = DTYPES[config.dtype]
-    if config.model == "mlp":
-        encoder = MLPEncoder(tuple(config.hidden_sizes), config.latents, activation, dtype)
-        decoder = MLPDecoder(
-            tuple(reversed(config.hidden_sizes)), tuple(image_shape), activation, dtype
-        )
-    elif config.model == "conv":
-        scale = 2 ** len(config.conv_features)
-        height, width = image_shape[:2]
-        if height % scale or width % scale:
-            raise ConfigError(
-                f"model='conv' with conv_features={tuple(config.conv_features)} halves the image "
-                f"{len(config.conv_features)} times, so its sides must be divisible by {scale}; "
-                f"the images are {height}x{width}. Use fewer conv_features or model='mlp'."
-            )
-        encoder = ConvEncoder(
-            tuple(config.conv_features),
-            config.conv_hidden,
-            config.latents,
-            config.dropout_rate,
-            activation,
-            dtype,
-        )
-        decoder = ConvDecoder(
-            tuple(config.conv_features), config.conv_hidden, tuple(image_shape), activation, dtype
-        )
-    else:
-        raise ConfigError(f"model={config.model!r} is not known; allowed: 'mlp', 'conv'.")
+def build_mlp(config, image_shape: tuple[int, int, int]) -> VAE:
+    """'mlp': dense layers of `hidden_sizes` (the decoder mirrors them)."""
+    activation, dtype = ACTIVATIONS[config.activation], DTYPES[config.dtype]
+    encoder = MLPEncoder(tuple(config.hidden_sizes), config.latents, activation, dtype)
+    decoder = MLPDecoder(
+        tuple(reversed(config.hidden_sizes)), tuple(image_shape), activation, dtype
+    )
     return VAE(encoder, decoder, config.likelihood, float(config.gaussian_scale))
+
+
+def build_conv(config, image_shape: tuple[int, int, int]) -> VAE:
+    """'conv': stride-2 4x4 convolutions of `conv_features`, then a dense layer of `conv_hidden`."""
+    activation, dtype = ACTIVATIONS[config.activation], DTYPES[config.dtype]
+    scale = 2 ** len(config.conv_features)
+    height, width = image_shape[:2]
+    if height % scale or width % scale:
+        raise ConfigError(
+            f"model='conv' with conv_features={tuple(config.conv_features)} halves the image "
+            f"{len(config.conv_features)} times, so its sides must be divisible by {scale}; "
+            f"the images are {height}x{width}. Use fewer conv_features or model='mlp'."
+        )
+    encoder = ConvEncoder(
+        tuple(config.conv_features),
+        config.conv_hidden,
+        config.latents,
+        config.dropout_rate,
+        activation,
+        dtype,
+    )
+    decoder = ConvDecoder(
+        tuple(config.conv_features), config.conv_hidden, tuple(image_shape), activation, dtype
+    )
+    return VAE(encoder, decoder, config.likelihood, float(config.gaussian_scale))
+
+
+def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> VAE:
+    """The VAE that `config` describes (`config.model`, a `registry` name), for images of
+    `image_shape` (H, W, C)."""
+    from vae_jax import registry
+
+    model = registry.model_spec(config.model).builder()(config, tuple(image_shape))
+    if not isinstance(model, VAE):
+        raise ConfigError(
+            f"model={config.model!r} built a {type(model).__name__}, not a vae_jax.models.VAE; "
+            "wrap the encoder and decoder: VAE(encoder, decoder, config.likelihood)."
+        )
+    return model

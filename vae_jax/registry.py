@@ -31,7 +31,24 @@ __all__ = [
     "objective_names",
     "objective_specs",
     "BUILTIN_OBJECTIVES",
+    "NamedSpec",
+    "register_model",
+    "model_spec",
+    "model_names",
+    "model_specs",
+    "register_dataset",
+    "dataset_spec",
+    "dataset_names",
+    "unregister",
 ]
+
+
+def _resolve(build: Callable | str) -> Callable:
+    """A callable as it is; 'module:function' imported."""
+    if callable(build):
+        return build
+    module, _, function = build.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 class ConfigView(Mapping):
@@ -85,10 +102,7 @@ class ObjectiveSpec:
 
     def builder(self) -> Callable:
         """The build function, imported on first use when registered by name."""
-        if callable(self.build):
-            return self.build
-        module, _, function = self.build.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _resolve(self.build)
 
 
 _OBJECTIVES: dict[str, ObjectiveSpec] = {}
@@ -178,6 +192,94 @@ def objective_names() -> tuple[str, ...]:
     return tuple(_OBJECTIVES)
 
 
+@dataclasses.dataclass(frozen=True)
+class NamedSpec:
+    """A registered model (`build(config, image_shape) -> models.VAE`) or data set
+    (`build(config) -> data.Dataset`), with the config fields it adds and their defaults."""
+
+    name: str
+    build: Callable | str
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def builder(self) -> Callable:
+        """The build (or load) function, imported on first use when registered by name."""
+        return _resolve(self.build)
+
+
+_MODELS: dict[str, NamedSpec] = {}
+_DATASETS: dict[str, NamedSpec] = {}
+
+
+def _register(table: dict, kind: str, name: str, build, fields) -> NamedSpec:
+    if not (isinstance(name, str) and name and name.replace("_", "").isalnum()):
+        raise ConfigError(f"{kind} name {name!r} must be a word of letters, digits and '_'.")
+    if name in table:
+        raise ConfigError(f"{kind} {name!r} is registered already; choose another name.")
+    fields = dict(fields or {})
+    if fields:
+        from vae_jax import config as config_lib
+
+        taken = sorted(set(fields) & set(config_lib.get_config()))
+        if taken:
+            raise ConfigError(
+                f"{kind} {name!r} would add config fields that exist already: "
+                f"{', '.join(taken)}; give its own settings new names."
+            )
+    table[name] = NamedSpec(name=name, build=build, fields=fields)
+    return table[name]
+
+
+def _lookup(table: dict, kind: str, name: str, register: str) -> NamedSpec:
+    if name not in table:
+        raise ConfigError(
+            f"{kind}={name!r} is not known; allowed: {', '.join(repr(n) for n in table)} (or "
+            f"register your own with vae_jax.{register})."
+        )
+    return table[name]
+
+
+def register_model(name: str, build: Callable | str, *, fields=None) -> NamedSpec:
+    """Makes `config.model=name` train `build(config, image_shape)`: a `models.VAE` of your own
+    Linen encoder and decoder (the contract is in `models.VAE`'s docstring). `fields` are new
+    config fields with their defaults."""
+    return _register(_MODELS, "model", name, build, fields)
+
+
+def model_spec(name: str) -> NamedSpec:
+    return _lookup(_MODELS, "model", name, "register_model")
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(_MODELS)
+
+
+def model_specs() -> tuple[NamedSpec, ...]:
+    return tuple(_MODELS.values())
+
+
+def register_dataset(name: str, load: Callable | str) -> NamedSpec:
+    """Makes `config.dataset=name` train on `load(config)`: a `vae_jax.data.Dataset` (build one
+    from arrays in memory with `vae_jax.data.from_arrays`)."""
+    return _register(_DATASETS, "dataset", name, load, None)
+
+
+def dataset_spec(name: str) -> NamedSpec | None:
+    """The registration of a data set name, or None (then it is one of `data`'s own sources)."""
+    return _DATASETS.get(name)
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(_DATASETS)
+
+
+def unregister(name: str) -> None:
+    """Removes a registered model or data set that is not built in (notebooks, tests)."""
+    if name in ("mlp", "conv"):
+        raise ConfigError(f"model {name!r} is built in; it cannot be unregistered.")
+    _MODELS.pop(name, None)
+    _DATASETS.pop(name, None)
+
+
 def _needs_unit_beta(config) -> None:
     if config.beta != 1.0:
         raise ConfigError(
@@ -224,3 +326,5 @@ register_objective(
     sweepable=("dae_noise_level",),
 )
 BUILTIN_OBJECTIVES = objective_names()
+register_model("mlp", "vae_jax.models:build_mlp")
+register_model("conv", "vae_jax.models:build_conv")

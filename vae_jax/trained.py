@@ -125,7 +125,7 @@ def _image_shape(workdir: str, config: ml_collections.ConfigDict) -> tuple[int, 
     recorded = workdir_lib.read_run_info(workdir).get("image_shape")
     if recorded:
         return tuple(int(n) for n in recorded)
-    return tuple(data.load_dataset(config.dataset, config.image_size, config.data_dir).image_shape)
+    return tuple(data.dataset_for(config).image_shape)
 
 
 def load(workdir: str, member: int | None = None) -> TrainedModel:

@@ -15,6 +15,20 @@ import numpy as np
 
 from vae_jax.errors import ConfigError
 
+__all__ = [
+    "Dataset",
+    "from_arrays",
+    "dataset_for",
+    "load_splits",
+    "load_dataset",
+    "load_binarized_mnist",
+    "first_examples",
+    "check_dataset_name",
+    "BUILTIN_NAMES",
+    "TFDS_NAMES",
+    "SOURCE_PREFIXES",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -75,12 +89,14 @@ SOURCE_PREFIXES = ("tfds:", "idx:", "npz:", "images:")
 
 def check_dataset_name(name: str) -> None:
     """Raises ConfigError unless `name` is a known data set or a `<source>:<argument>` spec."""
-    if name in BUILTIN_NAMES or name in TFDS_NAMES:
+    from vae_jax import registry
+
+    if name in BUILTIN_NAMES or name in TFDS_NAMES or registry.dataset_spec(name) is not None:
         return
     prefix, _, argument = name.partition(":")
     if f"{prefix}:" in SOURCE_PREFIXES and argument:
         return
-    allowed = ", ".join(repr(n) for n in (*BUILTIN_NAMES, *TFDS_NAMES))
+    allowed = ", ".join(repr(n) for n in (*BUILTIN_NAMES, *TFDS_NAMES, *registry.dataset_names()))
     raise ConfigError(
         f"dataset={name!r} is not known; allowed: {allowed}, or 'tfds:<name>' (any TFDS image "
         "data set), 'idx:<dir>' (MNIST-format IDX files), 'npz:<file>' (arrays train/test) or "
@@ -123,10 +139,26 @@ def first_examples(records: np.ndarray, limit: int) -> np.ndarray:
     return records if limit == 0 else records[:limit]
 
 
+def dataset_for(config) -> Dataset:
+    """The data set `config.dataset` names: a registered one's loader, else `load_dataset`."""
+    from vae_jax import registry
+
+    spec = registry.dataset_spec(config.dataset)
+    if spec is None:
+        return load_dataset(config.dataset, config.image_size, config.data_dir)
+    dataset = spec.builder()(config)
+    if not isinstance(dataset, Dataset):
+        raise ConfigError(
+            f"dataset={config.dataset!r}'s loader returned a {type(dataset).__name__}, not a "
+            "vae_jax.data.Dataset; build one with vae_jax.data.from_arrays(train, test)."
+        )
+    return dataset
+
+
 def load_splits(config) -> tuple[Dataset, np.ndarray, np.ndarray]:
     """The data set a config names, and its training and evaluation records (`max_train_examples`
     and `max_eval_examples` applied), checked against the batch size."""
-    dataset = load_dataset(config.dataset, config.image_size, config.data_dir)
+    dataset = dataset_for(config)
     train_records = first_examples(dataset.split("train"), config.max_train_examples)
     eval_records = first_examples(dataset.split(config.eval_split), config.max_eval_examples)
     num_train = len(train_records)
