@@ -24,6 +24,9 @@ from vae_jax.errors import Preempted, VaeJaxError
 __all__ = [
     "LOG_FILE",
     "define_workdir_flag",
+    "define_plugin_flag",
+    "flag_values",
+    "import_plugins",
     "fail",
     "one_line",
     "flag_error_message",
@@ -42,6 +45,43 @@ def define_workdir_flag(help_text: str) -> None:
     """`--workdir`, required by both commands."""
     flags.DEFINE_string("workdir", None, help_text)
     flags.mark_flag_as_required("workdir")
+
+
+def define_plugin_flag() -> None:
+    """`--plugin`, repeatable; `import_plugins` reads it from argv before any flag is parsed."""
+    flags.DEFINE_multi_string(
+        "plugin",
+        [],
+        "A module name or .py path that registers objectives, models or data sets (vae_jax."
+        "register_*); imported before the config is read. Repeatable. A workdir remembers its "
+        "plugins, so resuming or evaluating it needs none.",
+    )
+
+
+def flag_values(argv: list[str], name: str) -> list[str]:
+    """The values given for `--name` in argv (as `--name=value` or `--name value`)."""
+    values = []
+    for index, argument in enumerate(argv):
+        if argument.startswith(f"--{name}="):
+            values.append(argument.split("=", 1)[1])
+        elif argument == f"--{name}" and index + 1 < len(argv):
+            values.append(argv[index + 1])
+    return values
+
+
+def import_plugins(argv: list[str]) -> None:
+    """Imports the `--plugin`s of argv, then those the `--workdir`'s run.json records, before
+    the config is parsed; a plugin that cannot be imported ends the command in one line."""
+    from vae_jax import plugins
+    from vae_jax import workdir as workdir_lib
+    from vae_jax.errors import ConfigError
+
+    try:
+        plugins.import_all(flag_values(argv, "plugin"))
+        for workdir in flag_values(argv, "workdir")[-1:]:
+            workdir_lib.import_recorded_plugins(os.path.abspath(os.path.expanduser(workdir)))
+    except ConfigError as error:
+        fail(str(error))
 
 
 def fail(message: str) -> None:

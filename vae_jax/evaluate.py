@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 
 import jax
@@ -352,6 +353,7 @@ def format_table(result: dict) -> str:
 
 def _define_flags() -> None:
     cli.define_workdir_flag("A workdir written by `python -m vae_jax.main`.")
+    cli.define_plugin_flag()
     flags.DEFINE_integer("iwae_samples", 5000, "k of the importance-weighted estimate (0: skip).")
     flags.DEFINE_integer("batch_size", 100, "Examples per call of the IWAE estimate.")
     flags.DEFINE_integer("max_examples", 0, "Evaluate the first N examples of the split (0: all).")
@@ -381,6 +383,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
+    cli.import_plugins(sys.argv)
     _define_flags()
     app.run(main, flags_parser=cli.parse_flags)
 

@@ -9,6 +9,7 @@ stderr and exit status 2 (no traceback).
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,6 +25,7 @@ def _define_flags() -> None:
     """Defined on start, not on import: ml_collections reads the `--config.<field>` overrides
     from sys.argv while defining the flag, and an unknown field raises right there."""
     cli.define_workdir_flag("Directory for config.json, metrics, images, checkpoints.")
+    cli.define_plugin_flag()
     flags.DEFINE_string(
         "coordinator_address",
         None,
@@ -86,6 +88,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    cli.import_plugins(sys.argv)  # before the config flag reads its --config.<field> overrides
     try:
         _define_flags()
     except flags.Error as error:

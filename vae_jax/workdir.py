@@ -32,6 +32,7 @@ __all__ = [
     "write_failure",
     "write_run_info",
     "read_run_info",
+    "import_recorded_plugins",
     "load_workdir_config",
 ]
 
@@ -198,7 +199,7 @@ def write_failure(
 
 def write_run_info(workdir: str, *, image_shape, kind: str, population_size: int) -> None:
     """Writes run.json: what a reader needs beyond config.json to rebuild the model."""
-    from vae_jax import __version__
+    from vae_jax import __version__, plugins
 
     write_json_atomic(
         os.path.join(workdir, RUN_FILE),
@@ -206,9 +207,22 @@ def write_run_info(workdir: str, *, image_shape, kind: str, population_size: int
             "image_shape": [int(n) for n in image_shape],
             "kind": kind,
             "population_size": int(population_size),
+            "plugins": plugins.imported(),
             "vae_jax_version": __version__,
         },
     )
+
+
+def import_recorded_plugins(workdir: str) -> None:
+    """Imports the plugins run.json says the workdir was trained with (none for older ones).
+
+    Raises:
+      PluginError: one of them cannot be imported.
+    """
+    from vae_jax import plugins
+
+    recorded = read_run_info(workdir).get("plugins", [])
+    plugins.import_all(recorded, why=f" (the workdir {workdir} was trained with it)")
 
 
 def read_run_info(workdir: str) -> dict:
@@ -230,6 +244,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
             f"{workdir!r} has no {CONFIG_FILE}, so it is not a vae_jax workdir; train one with "
             f"`python -m vae_jax.main --workdir {workdir}`."
         )
+    import_recorded_plugins(workdir)  # their fields and names join the schema first
     saved = read_json(path)
     config = config_lib.get_config()
     unknown = sorted(set(saved) - set(config))
