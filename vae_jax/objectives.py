@@ -17,7 +17,6 @@ objective minimises.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -27,102 +26,56 @@ import ml_collections
 import optax
 
 from vae_jax import models, registry
+from vae_jax.densities import (  # the ELBO's parts, public here too (optax-style façade)
+    LOG_2PI,
+    bernoulli_log_likelihood,
+    gaussian_kl_to_standard_normal,
+    gaussian_log_likelihood,
+    likelihood_mean,
+    log_likelihood,
+    reparameterize,
+)
 from vae_jax.errors import ConfigError
 
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _sum_per_example(values: jax.Array) -> jax.Array:
-    """Sums every axis but the first: (B, ...) -> (B,)."""
-    return values.reshape((values.shape[0], -1)).sum(axis=1)
-
-
-def gaussian_kl_to_standard_normal(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
-    r"""KL(N(mean, diag(exp(log_variance))) || N(0, I)), per example, in nats.
-
-    .. math::
-        \mathrm{KL} = \tfrac12 \sum_j \left(\sigma_j^2 + \mu_j^2 - 1 - \log \sigma_j^2\right)
-
-    Args:
-      mean: (B, D) means of q(z|x).
-      log_variance: (B, D) log-variances of q(z|x).
-
-    Returns:
-      (B,) KL divergences.
-    """
-    return 0.5 * jnp.sum(jnp.exp(log_variance) + mean**2 - 1.0 - log_variance, axis=-1)
-
-
-def bernoulli_log_likelihood(x: jax.Array, logits: jax.Array) -> jax.Array:
-    r"""log Bernoulli(x | sigmoid(logits)), summed over pixels, per example.
-
-    .. math::
-        \log p(x|z) = \sum_i x_i \ell_i - \log(1 + e^{\ell_i})
-
-    written with `softplus` so that large logits of either sign stay finite. For x in (0, 1)
-    (grayscale data without binarization) this is the continuous cross-entropy, which is not a
-    normalised likelihood: binarize such data for density comparisons.
-
-    Args:
-      x: (B, H, W, C) targets in [0, 1].
-      logits: (B, H, W, C) decoder logits.
-
-    Returns:
-      (B,) log-likelihoods.
-    """
-    return _sum_per_example(x * logits - jax.nn.softplus(logits))
-
-
-def gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
-    r"""log N(x | mean, exp(log_scale)^2), summed over pixels, per example.
-
-    .. math::
-        \log p(x|z) = \sum_i -\tfrac12 \log 2\pi - s_i - \tfrac12 (x_i - \mu_i)^2 e^{-2 s_i}
-
-    With a fixed scale sigma this is -(1 / 2 sigma^2) * squared error plus a constant: the "MSE"
-    VAE, with the constant kept so that the figure is a true log-density.
-
-    Args:
-      x: (B, H, W, C) targets.
-      mean: (B, H, W, C) decoder means.
-      log_scale: log sigma, broadcastable to x: a scalar (fixed) or (H, W, C) (learned per pixel).
-
-    Returns:
-      (B,) log-likelihoods.
-    """
-    log_scale = jnp.broadcast_to(log_scale, x.shape)
-    standardized = (x - mean) * jnp.exp(-log_scale)
-    return _sum_per_example(-0.5 * _LOG_2PI - log_scale - 0.5 * standardized**2)
-
-
-def log_likelihood(x: jax.Array, location: jax.Array, log_scale: jax.Array | None) -> jax.Array:
-    """log p(x|z) per example for the decoder output (location, log_scale) of `VAE.decode`."""
-    if log_scale is None:
-        return bernoulli_log_likelihood(x, location)
-    return gaussian_log_likelihood(x, location, log_scale)
-
-
-def likelihood_mean(location: jax.Array, log_scale: jax.Array | None) -> jax.Array:
-    """E[x|z], for pictures: Bernoulli probabilities, or the Gaussian mean clipped to [0, 1]."""
-    if log_scale is None:
-        return jax.nn.sigmoid(location)
-    return jnp.clip(location, 0.0, 1.0)
-
-
-def reparameterize(key: jax.Array, mean: jax.Array, log_variance: jax.Array) -> jax.Array:
-    r"""A sample z = mean + sigma * eps with eps ~ N(0, I), differentiable in mean and log_variance.
-
-    Args:
-      key: one typed PRNG key for the whole batch, or a (B,) array of keys, one per example (so
-        that an example's draw does not depend on which batch it is in).
-      mean: (B, D).
-      log_variance: (B, D).
-    """
-    if key.ndim == 0:
-        eps = jax.random.normal(key, mean.shape, mean.dtype)
-    else:
-        eps = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], mean.dtype))(key)
-    return mean + jnp.exp(0.5 * log_variance) * eps
+__all__ = [
+    "LOG_2PI",
+    "bernoulli_log_likelihood",
+    "gaussian_kl_to_standard_normal",
+    "gaussian_log_likelihood",
+    "likelihood_mean",
+    "log_likelihood",
+    "reparameterize",
+    "posterior_terms",
+    "elbo_terms",
+    "deterministic_terms",
+    "linear_warmup",
+    "make_elbo_loss",
+    "make_regularized_loss",
+    "capacity",
+    "make_annealed_loss",
+    "total_correlation",
+    "make_beta_tcvae_loss",
+    "permute_dimensions",
+    "make_factor_vae_objective",
+    "make_iwae_loss",
+    "corrupt",
+    "make_autoencoder_loss",
+    "build_elbo",
+    "build_annealed",
+    "build_beta_tcvae",
+    "build_factor_vae",
+    "build_iwae",
+    "build_autoencoder",
+    "build_denoising_autoencoder",
+    "make_objective",
+    "check_metrics",
+    "is_variational",
+    "importance_weighted_bound",
+    "PosteriorTerms",
+    "Critic",
+    "Objective",
+    "VARIATIONAL_METRICS",
+]
 
 
 class PosteriorTerms(NamedTuple):
@@ -312,7 +265,7 @@ def total_correlation(z: jax.Array, mean: jax.Array, log_variance: jax.Array) ->
     """
     # log q(z_i,d | x_j) for every pair: (M, M, D).
     pair_log_density = -0.5 * (
-        _LOG_2PI
+        LOG_2PI
         + log_variance[None, :, :]
         + (z[:, None, :] - mean[None, :, :]) ** 2 * jnp.exp(-log_variance[None, :, :])
     )
@@ -586,7 +539,7 @@ def is_variational(objective: str) -> bool:
 def _gaussian_log_density(z: jax.Array, mean: jax.Array, log_variance: jax.Array) -> jax.Array:
     """log N(z | mean, diag(exp(log_variance))), summed over the last axis."""
     return -0.5 * jnp.sum(
-        _LOG_2PI + log_variance + (z - mean) ** 2 * jnp.exp(-log_variance), axis=-1
+        LOG_2PI + log_variance + (z - mean) ** 2 * jnp.exp(-log_variance), axis=-1
     )
 
 
