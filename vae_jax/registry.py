@@ -105,6 +105,26 @@ class ObjectiveSpec:
         return _resolve(self.build)
 
 
+def _checked_new(kind: str, table: dict, name: str, fields) -> dict:
+    """A new registration's name (an identifier, not taken) and its new fields (not in the
+    schema yet), for every kind of registry."""
+    if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
+        raise ConfigError(f"{kind} name {name!r} must be an identifier, such as 'my_{kind}'.")
+    if name in table:
+        raise ConfigError(f"{kind} {name!r} is registered already; choose another name.")
+    fields = dict(fields or {})
+    if fields:
+        from vae_jax import config as config_lib  # the schema; imported when a plugin registers
+
+        taken = sorted(set(fields) & set(config_lib.get_config()))
+        if taken:
+            raise ConfigError(
+                f"{kind} {name!r} would add config fields that exist already: "
+                f"{', '.join(taken)}; give its own settings new names."
+            )
+    return fields
+
+
 _OBJECTIVES: dict[str, ObjectiveSpec] = {}
 
 
@@ -134,23 +154,10 @@ def register_objective(
       The registration.
 
     Raises:
-      ConfigError: a name already registered or not an identifier, a field that exists already,
-        a sweepable field the objective does not own.
+      ConfigError: a name already registered or not an identifier, or a field that exists
+        already.
     """
-    if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
-        raise ConfigError(f"objective name {name!r} must be an identifier, such as 'dip_vae'.")
-    if name in _OBJECTIVES:
-        raise ConfigError(f"objective {name!r} is registered already; choose another name.")
-    fields = dict(fields or {})
-    if fields:
-        from vae_jax import config as config_lib  # the schema; imported when a plugin registers
-
-        taken = sorted(set(fields) & set(config_lib.get_config()))
-        if taken:
-            raise ConfigError(
-                f"objective {name!r} would add config fields that exist already: "
-                f"{', '.join(taken)}; give its own settings new names."
-            )
+    fields = _checked_new("objective", _OBJECTIVES, name, fields)
     spec = ObjectiveSpec(
         name=name,
         build=build,
@@ -211,21 +218,7 @@ _DATASETS: dict[str, NamedSpec] = {}
 
 
 def _register(table: dict, kind: str, name: str, build, fields) -> NamedSpec:
-    if not (isinstance(name, str) and name and name.replace("_", "").isalnum()):
-        raise ConfigError(f"{kind} name {name!r} must be a word of letters, digits and '_'.")
-    if name in table:
-        raise ConfigError(f"{kind} {name!r} is registered already; choose another name.")
-    fields = dict(fields or {})
-    if fields:
-        from vae_jax import config as config_lib
-
-        taken = sorted(set(fields) & set(config_lib.get_config()))
-        if taken:
-            raise ConfigError(
-                f"{kind} {name!r} would add config fields that exist already: "
-                f"{', '.join(taken)}; give its own settings new names."
-            )
-    table[name] = NamedSpec(name=name, build=build, fields=fields)
+    table[name] = NamedSpec(name=name, build=build, fields=_checked_new(kind, table, name, fields))
     return table[name]
 
 

@@ -44,7 +44,7 @@ def as_float_images(x, image_shape) -> jax.Array:
         return x.astype(jnp.float32) * (1.0 / 255.0)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise DataError(f"images of dtype {x.dtype} given; give uint8 0..255 or floats in [0, 1].")
-    low, high = float(jnp.min(x)), float(jnp.max(x))
+    low, high = (float(v) for v in jax.device_get((jnp.min(x), jnp.max(x))))  # one round trip
     if low < 0.0 or high > 1.0:
         raise DataError(
             f"float images must lie in [0, 1]; these span [{low:g}, {high:g}] (divide 0..255 "
