@@ -250,6 +250,9 @@ EVERY_OBJECTIVE = {
     "iwae": (None, {"iwae_samples": 3}),
     "ae": (None, {}),
     "dae": ((0.1, 0.5), {}),
+    "dip_vae_i": ((1.0, 20.0), {}),
+    "dip_vae_ii": ((1.0, 20.0), {}),
+    "info_vae": ((10.0, 500.0), {}),
 }
 
 

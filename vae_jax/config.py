@@ -99,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
         add_fields(config)
     for spec in (*registry.objective_specs(), *registry.model_specs()):  # registered settings
         for field, default in spec.fields.items():
+            if field in config:
+                raise ConfigError(
+                    f"{spec.name!r} would add the config field {field!r}, which "
+                    "exists already; give its own settings new names."
+                )
             config[field] = default
     return config
 

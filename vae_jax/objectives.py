@@ -182,14 +182,21 @@ def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0) -> Callab
 
 
 def make_regularized_loss(
-    model, regularizer: Callable, *, kl_weight=1.0, kl_warmup_steps: int = 0
+    model,
+    regularizer: Callable,
+    *,
+    kl_weight=1.0,
+    kl_warmup_steps: int = 0,
+    needs_key: bool = False,
 ) -> Callable:
     r"""A regularized ELBO: minimise E_q[-log p(x|z)] + w_t κ KL(q(z|x) || p(z)) + R.
 
     R and its metrics come from `regularizer(terms, step) -> (penalty, metrics)`, with `terms` the
     batch's `PosteriorTerms` and `penalty` a scalar in nats per example (DIP-VAE's moment
     penalties, InfoVAE's MMD, ...). κ is `kl_weight` (it may be traced, so populations sweep it)
-    and w_t the KL warm-up weight (`linear_warmup`).
+    and w_t the KL warm-up weight (`linear_warmup`). A regularizer that draws (InfoVAE's prior
+    samples) says `needs_key=True` and is called as `regularizer(terms, step, key)` with a key
+    of its own, independent of the posterior's noise.
 
     The metrics follow the contract of every variational objective: `loss` (what is minimised),
     and the batch means of `recon`, `kl` and `elbo` = -(recon + kl), the β = 1 bound, so runs
@@ -198,9 +205,14 @@ def make_regularized_loss(
     """
 
     def loss_fn(params, x, key, step):
-        noise_key, dropout_key = jax.random.split(key)
+        if needs_key:
+            noise_key, dropout_key, own_key = jax.random.split(key, 3)
+        else:
+            noise_key, dropout_key = jax.random.split(key)
         terms = posterior_terms(model, params, x, noise_key, dropout_key)
-        penalty, extra = regularizer(terms, step)
+        penalty, extra = (
+            regularizer(terms, step, own_key) if needs_key else regularizer(terms, step)
+        )
         means = _batch_means({"recon": terms.recon, "kl": terms.kl})
         weight = kl_weight * linear_warmup(step, kl_warmup_steps)
         loss = means["recon"] + weight * means["kl"] + penalty

@@ -114,15 +114,24 @@ def _checked_new(kind: str, table: dict, name: str, fields) -> dict:
         raise ConfigError(f"{kind} {name!r} is registered already; choose another name.")
     fields = dict(fields or {})
     if fields:
-        from vae_jax import config as config_lib  # the schema; imported when a plugin registers
-
-        taken = sorted(set(fields) & set(config_lib.get_config()))
+        taken = sorted(set(fields) & _schema_fields())
         if taken:
             raise ConfigError(
                 f"{kind} {name!r} would add config fields that exist already: "
                 f"{', '.join(taken)}; give its own settings new names."
             )
     return fields
+
+
+def _schema_fields() -> set[str]:
+    """Every config field so far. While this module itself loads (the bundled variants
+    register), the schema cannot be imported yet: then the other registrations' fields only;
+    `config.get_config` refuses a clash with its own fields in any case."""
+    if "BUILTIN_OBJECTIVES" not in globals():
+        return {f for spec in (*_OBJECTIVES.values(), *_MODELS.values()) for f in spec.fields}
+    from vae_jax import config as config_lib  # the schema; imported when a plugin registers
+
+    return set(config_lib.get_config())
 
 
 _OBJECTIVES: dict[str, ObjectiveSpec] = {}
@@ -318,6 +327,9 @@ register_objective(
     variational=False,
     sweepable=("dae_noise_level",),
 )
+# DIP-VAE-I/II and InfoVAE register through the public API, as a user's plugin would.
+from vae_jax import variants  # noqa: E402,F401
+
 BUILTIN_OBJECTIVES = objective_names()
 register_model("mlp", "vae_jax.models:build_mlp")
 register_model("conv", "vae_jax.models:build_conv")
