@@ -184,7 +184,9 @@ def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num
     one compiled scan (or, with `step_loop='host'`, the compiled step called per step)."""
     config, state, step = jax_setup(model_name, batch_size, dtype, images)
     steps_per_epoch = images.shape[0] // batch_size
-    loop = choose_step_loop(config)
+    # 'auto' settles at a run's start by measuring (step_loops); the benchmark times the scan
+    # unless the config asks for the host loop (benchmarks.scan_vs_loop times both).
+    loop = "host" if choose_step_loop(config) == "host" else "scan"
     started = time.perf_counter()
     if loop == "scan":
         program = (

@@ -31,6 +31,7 @@ README_SECTIONS = (
     "What a run leaves in its workdir",
     "Configuration",
     "Objectives",
+    "Writing a variant",
     "Evaluation",
     "Python API",
     "Results",

@@ -68,6 +68,9 @@ class FakePrograms:
     def prepare(self, state, first_step, num_steps):
         pass
 
+    def settle_step_loop(self, state, recorded, resumed):
+        return None
+
     def run(self, state, first_step, num_steps, should_stop):
         self.calls.append((first_step, num_steps))
         steps = np.arange(first_step, first_step + num_steps)
@@ -253,7 +256,7 @@ def test_a_diverging_population_member_is_named(tmp_path):
 
 
 def test_a_non_finite_evaluation_stops_before_the_record(tmp_path):
-    with pytest.raises(DivergenceError, match=r"the test ELBO became non-finite after step 4"):
+    with pytest.raises(DivergenceError, match=r"the test figures became non-finite after step 4"):
         run(make_job(FakePrograms(eval_value=np.inf)), tmp_path, FakeStore())
     assert (
         not os.path.exists(tmp_path / "metrics.jsonl")

@@ -1,12 +1,10 @@
-"""The host-driven step loop trains on the same batches as the scan and resumes exactly; 'auto'
-scans, the conv model on CPU included."""
+"""The host-driven step loop trains on the same batches as the scan and resumes exactly."""
 
 import numpy as np
 import pytest
 from conftest import small_config, straight_and_resumed, without_timings
 
 from vae_jax import train
-from vae_jax.engine import choose_step_loop
 
 CONV = {
     "model": "conv",
@@ -38,9 +36,3 @@ def test_host_loop_resumes_exactly(tmp_path):
         small_config(step_loop="host", num_epochs=2, **CONV), tmp_path
     )
     assert resumed == straight
-
-
-def test_auto_scans_every_model_and_the_choice_is_kept():
-    assert choose_step_loop(small_config(**CONV)) == "scan"
-    assert choose_step_loop(small_config()) == "scan"
-    assert choose_step_loop(small_config(step_loop="host", **CONV)) == "host"

@@ -52,7 +52,8 @@ RESUME_SAFE_FIELDS = frozenset(
         "pipeline",
         "stream_chunk_steps",
         "steps_per_call",
-        # The same steps in a compiled loop or called one by one (equal up to float rounding).
+        # The same steps in a compiled loop or called one by one (equal up to float rounding);
+        # with 'auto' a resumed run keeps the loop run.json recorded.
         "step_loop",
         "images_every_epochs",
     }
@@ -121,7 +122,8 @@ def _add_data_fields(config: ml_collections.ConfigDict) -> None:
     config.pipeline = "auto"
     config.stream_chunk_steps = 64  # streaming: steps per compiled call (and per transfer)
     # How a call runs its steps: 'scan' compiles them into one loop; 'host' calls the compiled
-    # step once per step (for ops XLA runs slower inside loop bodies, jax#12868); 'auto': 'scan'.
+    # step once per step (for ops XLA runs slower inside loop bodies, jax#12868); 'auto' times
+    # both at the start of the run and keeps the faster (`step_loops`), recorded in run.json.
     config.step_loop = "auto"
     config.eval_split = "test"  # evaluated after every epoch; 'valid' for model selection
     config.max_train_examples = 0  # 0 = the whole split; a prefix, for smoke runs and tests

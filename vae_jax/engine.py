@@ -10,6 +10,7 @@ compiled once per call length, before they are timed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -125,15 +126,10 @@ def choose_pipeline(config: ml_collections.ConfigDict, train_records) -> str:
 
 
 def choose_step_loop(config: ml_collections.ConfigDict) -> str:
-    """'scan' or 'host': the config's choice; 'auto' is 'scan' for every model and backend.
-
-    Scanning removes the per-step dispatch, and the conv model's convolutions are written in the
-    form XLA:CPU runs well inside loop bodies (`convolutions.py`; measurements in
-    docs/performance.md). 'host' stays for programs whose ops XLA runs slower in loop bodies
-    (jax-ml/jax#12868)."""
-    if config.step_loop != "auto":
-        return config.step_loop
-    return "scan"
+    """'scan', 'host', or 'auto': settled at the start of the run by `step_loops.settle`, which
+    measures both on the actual program (XLA runs some ops, such as XLA:CPU's convolutions,
+    several times slower inside loop bodies: jax-ml/jax#12868)."""
+    return config.step_loop
 
 
 class EpochRunner:
@@ -164,7 +160,7 @@ class EpochRunner:
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
         self.record_spec = (train_records.shape[1:], train_records.dtype)
-        self._programs = {}
+        self._programs = {}  # (step loop, num_steps) -> compiled program
         if pipeline == "device":
             # Small data: a full copy on every device; each device gathers its part of a batch.
             self.train_on_device = parallel.put_replicated(train_records, self.mesh)
@@ -181,43 +177,76 @@ class EpochRunner:
             )
             self.chunk_steps = chunk_steps
 
-    def program(self, state, num_steps: int):
-        """The compiled program for `num_steps` steps: compiled once, before it is timed."""
-        if num_steps not in self._programs:
+    def example_input(self, num_steps: int):
+        """What a call of `num_steps` steps takes besides the state: the split on the device,
+        or (streaming) a chunk of batches, here zeros of the chunk's shape and placement."""
+        if self.pipeline == "device":
+            return self.train_on_device
+        shape, dtype = self.record_spec
+        zeros = np.zeros((num_steps, self.batch_size, *shape), dtype)
+        return parallel.put_process_batches(zeros, self.mesh, 1)
+
+    def time_steps(self, state, num_steps: int, step_loop: str) -> float:
+        """Seconds per step of one call of `num_steps` steps by `step_loop`, run on a copy of
+        `state` (the copy starts the epoch, so the call stays inside it); the run is unchanged."""
+        program = self.program(state, num_steps, step_loop)
+        trial = jax.tree.map(lambda leaf: leaf.copy(), state).replace(step=state.step * 0)
+        inputs = self.example_input(num_steps)
+        jax.block_until_ready(trial)
+        started = time.perf_counter()
+        jax.block_until_ready(program(trial, inputs))
+        return (time.perf_counter() - started) / num_steps
+
+    def forget(self, step_loop: str) -> None:
+        """Drops the compiled programs of a step loop the run will not use."""
+        self._programs = {k: v for k, v in self._programs.items() if k[0] != step_loop}
+
+    def program(self, state, num_steps: int, step_loop: str | None = None):
+        """The compiled program for `num_steps` steps, compiled before it is timed: once per
+        call length when scanned, once in all for the host loop (its step is the same)."""
+        step_loop = step_loop or self.step_loop
+        if step_loop not in ("scan", "host"):
+            raise ValueError(f"step_loop={step_loop!r} is not settled (step_loops.settle)")
+        key = (step_loop, num_steps if step_loop == "scan" else None)
+        if key not in self._programs:
             started = time.perf_counter()
-            if self.pipeline == "device":
-                make = make_train_epoch if self.step_loop == "scan" else make_host_loop_epoch
-                fn = make(
-                    self.train_step,
-                    self.batch_size,
-                    self.steps_per_epoch,
-                    num_steps,
-                    parallel.batch_sharding(self.mesh),
-                )
-                example = self.train_on_device
-            else:
-                fn = (make_train_chunk if self.step_loop == "scan" else make_host_loop_chunk)(
-                    self.train_step
-                )
-                shape, dtype = self.record_spec
-                example = jax.ShapeDtypeStruct(
-                    (num_steps, self.batch_size, *shape),
-                    dtype,
-                    sharding=parallel.batch_sharding(self.mesh, leading_axes=1),
-                )
-            if self.step_loop == "scan":
-                program = jax.jit(fn, donate_argnums=0).lower(state, example).compile()
-            else:
-                program = fn(state, example)
-            self._programs[num_steps] = program
+            self._programs[key] = self._compile(state, num_steps, step_loop)
             logging.info(
-                "Compiled the %d-step %s program (%s loop) in %.2f s.",
-                num_steps,
+                "Compiled the %s %s program (%s loop) in %.2f s.",
+                f"{num_steps}-step" if step_loop == "scan" else "one-step",
                 self.pipeline,
-                self.step_loop,
+                step_loop,
                 time.perf_counter() - started,
             )
-        return self._programs[num_steps]
+        program = self._programs[key]
+        if step_loop == "host" and self.pipeline == "device":
+            return functools.partial(program, num_steps=num_steps)
+        return program
+
+    def _compile(self, state, num_steps: int, step_loop: str):
+        if self.pipeline == "device":
+            make = make_train_epoch if step_loop == "scan" else make_host_loop_epoch
+            fn = make(
+                self.train_step,
+                self.batch_size,
+                self.steps_per_epoch,
+                num_steps,
+                parallel.batch_sharding(self.mesh),
+            )
+            example = self.train_on_device
+        else:
+            fn = (make_train_chunk if step_loop == "scan" else make_host_loop_chunk)(
+                self.train_step
+            )
+            shape, dtype = self.record_spec
+            example = jax.ShapeDtypeStruct(
+                (num_steps, self.batch_size, *shape),
+                dtype,
+                sharding=parallel.batch_sharding(self.mesh, leading_axes=1),
+            )
+        if step_loop == "scan":
+            return jax.jit(fn, donate_argnums=0).lower(state, example).compile()
+        return fn(state, example)
 
     def prepare(self, state, first_step: int, num_steps: int) -> None:
         """Compiles every program the epoch starting at `first_step` will call."""

@@ -8,19 +8,21 @@ the evaluation batch size, the device count or the epoch it is measured in.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import drawing, models, objectives, parallel, rng
+from vae_jax.errors import ConfigError
 from vae_jax.step import records_to_float, to_float
 
 __all__ = [
     "eval_inputs",
     "make_evaluate",
     "make_split_evaluate",
+    "check_extra_metrics",
     "make_pictures",
     "pad_to_multiple",
     "EpochPictures",
@@ -50,11 +52,14 @@ def make_evaluate(
     binarize: bool = False,
     batch_sharding=None,
     variational: bool = True,
+    extra_metrics: Mapping[str, Callable] | None = None,
 ):
     """Mean single-sample ELBO terms over a whole split: `evaluate(params, images, key) -> dict`.
 
     For a non-`variational` model (an autoencoder) the only term is the reconstruction loss
-    from the encoder's mean (`objectives.deterministic_terms`).
+    from the encoder's mean (`objectives.deterministic_terms`). `extra_metrics` maps names to
+    per-example metrics `fn(model, params, x, keys) -> (B,)` (see `check_extra_metrics`),
+    averaged over the split in the same scan.
 
     `images` is the split padded to a multiple of `batch_size` (see `pad_to_multiple`); the first
     `num_examples` count. Example i's draws come from fold_in(key, i), so the figures do not
@@ -64,7 +69,8 @@ def make_evaluate(
     """
 
     terms_fn = objectives.elbo_terms if variational else objectives.deterministic_terms
-    names = ("elbo", "kl", "recon") if variational else ("recon",)
+    extra_metrics = dict(extra_metrics or {})
+    names = (*(("elbo", "kl", "recon") if variational else ("recon",)), *extra_metrics)
 
     def evaluate(params, images: jax.Array, key: jax.Array) -> dict:
         num_batches = images.shape[0] // batch_size
@@ -77,6 +83,8 @@ def make_evaluate(
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             x, example_keys = eval_inputs(batch, indices, key, render, binarize)
             terms = terms_fn(model, params, x, example_keys)
+            for name, fn in extra_metrics.items():
+                terms[name] = jnp.reshape(fn(model, params, x, example_keys), (batch_size,))
             weight = (indices < num_examples).astype(jnp.float32)
             return {k: totals[k] + jnp.sum(weight * terms[k]) for k in totals}, None
 
@@ -87,7 +95,42 @@ def make_evaluate(
     return evaluate
 
 
-def make_split_evaluate(config, model, render, eval_records: np.ndarray, mesh, shard_batches=True):
+def check_extra_metrics(extra_metrics, model, image_shape, latents: int, variational: bool):
+    """Refuses, before anything compiles, evaluation metrics that would not fold into the scan.
+
+    Each is `fn(model, params, x, keys) -> (B,)`: x a (B, H, W, C) float batch in [0, 1], keys
+    the B examples' typed keys (the same every epoch), one value per example (the record holds
+    the split's mean as `test_<name>`). Traced once on abstract inputs (`jax.eval_shape`).
+
+    Raises:
+      ConfigError: a name that is not an identifier or is one of the built-in figures, or a
+        function that does not give one value per example.
+    """
+    taken = ("elbo", "kl", "recon") if variational else ("recon",)
+    batch = 2
+    key = jax.random.key(0)
+    x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+    params = jax.eval_shape(
+        lambda x: model.init(key, x, jnp.zeros((batch, latents), jnp.float32)), x
+    )
+    keys = jax.random.split(key, batch)
+    for name, fn in dict(extra_metrics or {}).items():
+        if not (isinstance(name, str) and name.isidentifier()) or name in taken:
+            raise ConfigError(
+                f"eval_metrics name {name!r} must be an identifier other than "
+                f"{', '.join(repr(t) for t in taken)} (the built-in figures)."
+            )
+        shape = jax.eval_shape(lambda p, x: fn(model, p, x, keys), params, x).shape
+        if tuple(shape) not in ((batch,), (batch, 1)):
+            raise ConfigError(
+                f"eval_metrics[{name!r}] returned shape {tuple(shape)} for a batch of {batch}; "
+                "it must give one value per example, shape (B,)."
+            )
+
+
+def make_split_evaluate(
+    config, model, render, eval_records: np.ndarray, mesh, shard_batches=True, extra_metrics=None
+):
     """The per-epoch evaluation of a run: `(evaluate, records on the device)`, with evaluate as
     in `make_evaluate` and the records padded to its batch size and copied to every device.
 
@@ -103,6 +146,7 @@ def make_split_evaluate(config, model, render, eval_records: np.ndarray, mesh, s
         binarize=config.dynamic_binarization,
         batch_sharding=parallel.batch_sharding(mesh) if shard_batches else None,
         variational=objectives.is_variational(config.objective),
+        extra_metrics=extra_metrics,
     )
     return evaluate, parallel.put_replicated(pad_to_multiple(eval_records, batch_size), mesh)
 

@@ -33,7 +33,7 @@ from absl import logging
 from vae_jax import checkpoint
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import config_to_dict, population_weight_field
-from vae_jax.errors import DivergenceError, Preempted
+from vae_jax.errors import ConfigError, DivergenceError, Preempted
 from vae_jax.records import as_json, check_finite, epoch_record, headline, summary
 from vae_jax.stopping import StopSignals
 
@@ -59,6 +59,10 @@ class Programs(Protocol):
     def save_pictures(self, images_dir: str, epoch: int, state, write: bool) -> None:
         """Draws the epoch's pictures (every process takes part) and, if `write`, saves them."""
 
+    def settle_step_loop(self, state, recorded: dict | None, resumed: bool) -> dict | None:
+        """Picks the step loop (`step_loops.settle`) before the first call; returns what
+        run.json records of it (None: nothing to choose)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -74,6 +78,8 @@ class Job:
       total_steps: where training ends (num_epochs, or max_steps).
       image_shape: (H, W, C) of the model's images, recorded in run.json.
       build_programs: the compiled programs, from the restored state.
+      on_epoch_end: `(record, state) -> dict or None`, called on the host at every epoch end
+        with each member's record and state; the fields it returns join the record.
     """
 
     config: ml_collections.ConfigDict
@@ -84,6 +90,7 @@ class Job:
     total_steps: int
     image_shape: tuple
     build_programs: Callable[[Any], Programs]
+    on_epoch_end: Callable[[dict, Any], dict | None] | None = None
 
     @property
     def size(self) -> int:
@@ -111,6 +118,38 @@ class Job:
             return [tree]
         return [{name: values[k] for name, values in tree.items()} for k in range(self.size)]
 
+    def member_state(self, state, k: int):
+        """Member k's state: the state itself for a single run."""
+        return jax.tree.map(lambda leaf: leaf[k], state) if self.stacked else state
+
+    def add_hook_fields(self, records: list[dict], state) -> list[dict]:
+        """Each record with the fields `on_epoch_end` returns for it (numbers become floats)."""
+        if self.on_epoch_end is None:
+            return records
+        for k, record in enumerate(records):
+            added = self.on_epoch_end(dict(record), self.member_state(state, k)) or {}
+            if not isinstance(added, dict):
+                raise ConfigError(
+                    f"on_epoch_end returned {type(added).__name__}; return a dict of new "
+                    "record fields, or None."
+                )
+            clash = sorted(set(added) & set(record))
+            if clash:
+                raise ConfigError(
+                    f"on_epoch_end returned {', '.join(repr(c) for c in clash)}, which the "
+                    "record has already; give its fields new names."
+                )
+            record.update({name: _plain(value) for name, value in added.items()})
+        return records
+
+
+def _plain(value):
+    """A hook's value as JSON holds it: arrays and NumPy scalars become Python numbers."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    array = np.asarray(value)
+    return array.item() if array.ndim == 0 else array.tolist()
+
 
 def _unfinished_epoch(job: Job, extra: dict) -> tuple[list[dict], float]:
     """The per-member step metrics and training time that a mid-epoch checkpoint carried.
@@ -135,21 +174,26 @@ def _unfinished_extra(job: Job, epoch_metrics: list[dict], seconds: float) -> di
     return {"epoch_metrics": as_json(epoch_metrics[0]), "epoch_train_seconds": seconds}
 
 
-def _start_outputs(job: Job, workdir: str, restored_step: int, is_primary: bool):
-    """Writes config.json and run.json and rewinds every metrics log to the restored checkpoint
-    (the primary process only: the others just read)."""
+def _write_run_info(job: Job, workdir: str, step_loop: dict | None) -> None:
+    workdir_lib.write_run_info(
+        workdir,
+        image_shape=job.image_shape,
+        kind="population" if job.stacked else "single",
+        population_size=job.size,
+        step_loop=step_loop,
+    )
+
+
+def _start_outputs(job: Job, workdir: str, restored_step: int, is_primary: bool, step_loop):
+    """Writes config.json and run.json (keeping its recorded `step_loop`) and rewinds every
+    metrics log to the restored checkpoint (the primary process only: the others just read)."""
     logs = [workdir_lib.MetricsLog(path) for path in job.metrics_paths(workdir)]
     if not is_primary:
         return logs
     workdir_lib.write_json_atomic(
         os.path.join(workdir, workdir_lib.CONFIG_FILE), config_to_dict(job.config)
     )
-    workdir_lib.write_run_info(
-        workdir,
-        image_shape=job.image_shape,
-        kind="population" if job.stacked else "single",
-        population_size=job.size,
-    )
+    _write_run_info(job, workdir, step_loop)
     for k, log in enumerate(logs):
         os.makedirs(os.path.dirname(log.path), exist_ok=True)
         dropped = log.rewind(restored_step)
@@ -254,7 +298,7 @@ class _Loop:
         for k, (member, eval_metrics) in enumerate(zip(job.members, evaluated)):
             if not all(math.isfinite(float(v)) for v in eval_metrics.values()):
                 raise DivergenceError(
-                    f"{job.describe(k)}the {split} ELBO became non-finite after step {self.step} "
+                    f"{job.describe(k)}the {split} figures became non-finite after step {self.step} "
                     f"(epoch {epoch}): {eval_metrics}; the last good checkpoint (step "
                     f"{self.last_checkpoint}) is kept. Lower learning_rate (now "
                     f"{member.learning_rate})."
@@ -276,7 +320,7 @@ class _Loop:
                 )
             except DivergenceError as error:
                 raise DivergenceError(f"{job.describe(k)}{error}") from None
-        return records
+        return job.add_hook_fields(records, state)
 
     def finish_epoch(self, state, epoch: int) -> None:
         """Evaluation, records, pictures, the checkpoint rule and the log line of an epoch end."""
@@ -360,9 +404,11 @@ def run(
             open_checkpoints(os.path.join(workdir, "checkpoints"), job.config.max_to_keep)
         )
         state, restored_step, extra = checkpoints.restore_latest(job.initial_state, job.config)
+        # A fresh start measures again; a resumed run keeps the loop it was trained with.
+        recorded = workdir_lib.read_run_info(workdir).get("step_loop") if restored_step else None
         # Every check has passed: from here on the workdir is written.
         try:
-            logs = _start_outputs(job, workdir, restored_step, is_primary)
+            logs = _start_outputs(job, workdir, restored_step, is_primary, recorded)
         except OSError as error:
             raise workdir_lib.write_failure(error, workdir, checkpoints.complete_steps()) from error
         if restored_step >= job.total_steps:
@@ -373,6 +419,14 @@ def run(
             )
             return [log.read() for log in logs]
         programs = job.build_programs(state)
+        step_loop = programs.settle_step_loop(state, recorded, resumed=restored_step > 0)
+        if is_primary and step_loop and step_loop != recorded:
+            try:
+                _write_run_info(job, workdir, step_loop)
+            except OSError as error:
+                raise workdir_lib.write_failure(
+                    error, workdir, checkpoints.complete_steps()
+                ) from error
         logging.info("%s", programs.description)
         _train(
             job,

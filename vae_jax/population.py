@@ -205,14 +205,25 @@ class PopulationPrograms:
     def save_pictures(self, images_dir: str, epoch: int, state, write: bool) -> None:
         del images_dir, epoch, state, write
 
+    def settle_step_loop(self, state, recorded, resumed):
+        """A population's epoch is always one scanned program of every member."""
+        del state, recorded, resumed
+        return None
 
-def _build_programs(config, parts: engine.RunParts, members):
+
+def _build_programs(config, parts: engine.RunParts, members, eval_metrics=None):
     """`state -> PopulationPrograms`, for `loop.Job.build_programs`."""
     mesh = parallel.data_mesh()
 
     def build(state) -> PopulationPrograms:
         evaluate, eval_on_device = evaluation.make_split_evaluate(
-            config, parts.model, parts.dataset.render, parts.eval_records, mesh, shard_batches=False
+            config,
+            parts.model,
+            parts.dataset.render,
+            parts.eval_records,
+            mesh,
+            shard_batches=False,
+            extra_metrics=eval_metrics,
         )
         return PopulationPrograms(
             make_epoch=lambda num_steps: make_population_epoch(
@@ -238,10 +249,19 @@ def _build_programs(config, parts: engine.RunParts, members):
     return build
 
 
-def build_job(config: ml_collections.ConfigDict) -> loop.Job:
-    """The `loop.Job` of a population: checks the config and data, and initialises every member
-    as its single run would. Touches no workdir."""
+def build_job(
+    config: ml_collections.ConfigDict, *, eval_metrics=None, on_epoch_end=None
+) -> loop.Job:
+    """The `loop.Job` of a population: checks the config, data and hooks, and initialises every
+    member as its single run would. Touches no workdir."""
     parts = engine.build_parts(config)
+    evaluation.check_extra_metrics(
+        eval_metrics,
+        parts.model,
+        parts.dataset.image_shape,
+        config.latents,
+        objectives.is_variational(config.objective),
+    )
     if engine.choose_pipeline(config, parts.train_records) != "device":
         raise ConfigError(
             f"pipeline={config.pipeline!r} streams the training split, which a population cannot "
@@ -273,12 +293,19 @@ def build_job(config: ml_collections.ConfigDict) -> loop.Job:
         steps_per_epoch=parts.steps_per_epoch,
         total_steps=parts.total_steps,
         image_shape=tuple(parts.dataset.image_shape),
-        build_programs=_build_programs(config, parts, members),
+        build_programs=_build_programs(config, parts, members, eval_metrics),
+        on_epoch_end=on_epoch_end,
     )
 
 
 def train_population(
-    config: ml_collections.ConfigDict, workdir: str, start_fresh: bool = False, **loop_options
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    start_fresh: bool = False,
+    *,
+    eval_metrics=None,
+    on_epoch_end=None,
+    **loop_options,
 ) -> list[list[dict]]:
     """Trains, or resumes, `config.population_size` models at once, and writes into `workdir`.
 
@@ -286,6 +313,8 @@ def train_population(
       config: a config with population_size >= 1 (1 trains a population of one).
       workdir: see the module docstring for its layout.
       start_fresh: move a previous run in `workdir` aside instead of resuming it.
+      eval_metrics, on_epoch_end: as for `train.train_and_evaluate`; the callback gets each
+        member's record and state.
       **loop_options: `signals`, `clock` or `open_checkpoints` for `loop.run` (tests).
 
     Returns:
@@ -299,7 +328,8 @@ def train_population(
     """
     validate_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
-    return loop.run(build_job(config), workdir, start_fresh=start_fresh, **loop_options)
+    job = build_job(config, eval_metrics=eval_metrics, on_epoch_end=on_epoch_end)
+    return loop.run(job, workdir, start_fresh=start_fresh, **loop_options)
 
 
 def export_member(

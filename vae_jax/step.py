@@ -245,7 +245,7 @@ def make_host_loop_epoch(
         order = jax.ShapeDtypeStruct((images.shape[0],), jnp.int32)
         step_program = jax.jit(one_step, donate_argnums=0).lower(state, images, order).compile()
 
-        def run(state, images):
+        def run(state, images, num_steps=num_steps):  # the compiled step serves any length
             order = order_program(state, images)
             metrics = []
             for _ in range(num_steps):

@@ -8,11 +8,12 @@ live in `step`, `engine` and `evaluation`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import ml_collections
 
-from vae_jax import engine, evaluation, loop, parallel, rng
+from vae_jax import engine, evaluation, loop, objectives, parallel, rng, step_loops
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import validate_config
 from vae_jax.errors import ConfigError
@@ -30,7 +31,15 @@ class SingleModelPrograms:
     eval_on_device: jax.Array
     eval_key: jax.Array
     pictures: evaluation.EpochPictures
-    description: str
+    config: ml_collections.ConfigDict
+    data_description: str
+
+    @property
+    def description(self) -> str:
+        return f"{self.data_description} {self.runner.step_loop} loop."
+
+    def settle_step_loop(self, state, recorded, resumed: bool) -> dict:
+        return step_loops.settle(self.runner, self.config, state, recorded, resumed)
 
     def prepare(self, state, first_step: int, num_steps: int) -> None:
         self.runner.prepare(state, first_step, num_steps)
@@ -45,7 +54,7 @@ class SingleModelPrograms:
         self.pictures.save(images_dir, epoch, state.params, write)
 
 
-def _build_programs(config, parts: engine.RunParts, mesh):
+def _build_programs(config, parts: engine.RunParts, mesh, eval_metrics=None):
     """`state -> SingleModelPrograms`, for `loop.Job.build_programs`."""
     dataset, train_records = parts.dataset, parts.train_records
 
@@ -71,7 +80,12 @@ def _build_programs(config, parts: engine.RunParts, mesh):
             step_loop,
         )
         evaluate, eval_on_device = evaluation.make_split_evaluate(
-            config, parts.model, dataset.render, parts.eval_records, mesh
+            config,
+            parts.model,
+            dataset.render,
+            parts.eval_records,
+            mesh,
+            extra_metrics=eval_metrics,
         )
         return SingleModelPrograms(
             runner=runner,
@@ -81,19 +95,28 @@ def _build_programs(config, parts: engine.RunParts, mesh):
             pictures=evaluation.EpochPictures(
                 config, parts.model, dataset, parts.eval_records, state.key
             ),
-            description=(
-                f"Data {dataset.name}: {len(train_records)} training examples, {pipeline} "
-                f"pipeline, {step_loop} loop."
+            config=config,
+            data_description=(
+                f"Data {dataset.name}: {len(train_records)} training examples, {pipeline} pipeline,"
             ),
         )
 
     return build
 
 
-def build_job(config: ml_collections.ConfigDict) -> loop.Job:
-    """The `loop.Job` of a single run of `config`: checks the config and the data, builds the
-    model and its initial state. Touches no workdir."""
+def build_job(
+    config: ml_collections.ConfigDict, *, eval_metrics=None, on_epoch_end=None
+) -> loop.Job:
+    """The `loop.Job` of a single run of `config`: checks the config, the data and the hooks,
+    builds the model and its initial state. Touches no workdir."""
     parts = engine.build_parts(config)
+    evaluation.check_extra_metrics(
+        eval_metrics,
+        parts.model,
+        parts.dataset.image_shape,
+        config.latents,
+        objectives.is_variational(config.objective),
+    )
     mesh = parallel.data_mesh()
     if config.batch_size % mesh.size:
         raise ConfigError(
@@ -117,12 +140,19 @@ def build_job(config: ml_collections.ConfigDict) -> loop.Job:
         steps_per_epoch=parts.steps_per_epoch,
         total_steps=parts.total_steps,
         image_shape=tuple(parts.dataset.image_shape),
-        build_programs=_build_programs(config, parts, mesh),
+        build_programs=_build_programs(config, parts, mesh, eval_metrics),
+        on_epoch_end=on_epoch_end,
     )
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, start_fresh: bool = False, **loop_options
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    start_fresh: bool = False,
+    *,
+    eval_metrics: Mapping[str, Callable] | None = None,
+    on_epoch_end: Callable | None = None,
+    **loop_options,
 ) -> list[dict]:
     """Trains, or resumes training, as `config` says, and writes everything into `workdir`.
 
@@ -131,6 +161,13 @@ def train_and_evaluate(
       workdir: where config.json, run.json, metrics.jsonl, images/ and checkpoints/ live.
       start_fresh: move a previous run in `workdir` aside (to `previous-<time>/`) instead of
         resuming it.
+      eval_metrics: name -> `fn(model, params, x, keys) -> (B,)`, per-example figures computed
+        in the compiled evaluation scan and recorded as `test_<name>` (the split's mean);
+        x is a float batch in [0, 1], keys the examples' typed keys, the same every epoch.
+      on_epoch_end: `(record, state) -> dict or None`, a host callback at every epoch end; the
+        fields it returns join the record in metrics.jsonl. It runs outside the compiled
+        programs and changes nothing they compute, so resumed runs stay bit-identical; pass
+        the same hooks when resuming.
       **loop_options: `signals`, `clock` or `open_checkpoints` for `loop.run` (tests).
 
     Returns:
@@ -144,5 +181,5 @@ def train_and_evaluate(
     """
     validate_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
-    job = build_job(config)
+    job = build_job(config, eval_metrics=eval_metrics, on_epoch_end=on_epoch_end)
     return loop.run(job, workdir, start_fresh=start_fresh, **loop_options)[0]

@@ -197,20 +197,23 @@ def write_failure(
     )
 
 
-def write_run_info(workdir: str, *, image_shape, kind: str, population_size: int) -> None:
-    """Writes run.json: what a reader needs beyond config.json to rebuild the model."""
+def write_run_info(
+    workdir: str, *, image_shape, kind: str, population_size: int, step_loop: dict | None = None
+) -> None:
+    """Writes run.json: what a reader needs beyond config.json to rebuild the model, and the
+    step loop the run trains with (`step_loops.settle`), which resuming keeps."""
     from vae_jax import __version__, plugins
 
-    write_json_atomic(
-        os.path.join(workdir, RUN_FILE),
-        {
-            "image_shape": [int(n) for n in image_shape],
-            "kind": kind,
-            "population_size": int(population_size),
-            "plugins": plugins.imported(),
-            "vae_jax_version": __version__,
-        },
-    )
+    info = {
+        "image_shape": [int(n) for n in image_shape],
+        "kind": kind,
+        "population_size": int(population_size),
+        "plugins": plugins.imported(),
+        "vae_jax_version": __version__,
+    }
+    if step_loop:
+        info["step_loop"] = step_loop
+    write_json_atomic(os.path.join(workdir, RUN_FILE), info)
 
 
 def import_recorded_plugins(workdir: str) -> None:
