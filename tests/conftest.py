@@ -34,6 +34,19 @@ from vae_jax.config import get_config
 TIMING_FIELDS = ("train_seconds", "examples_per_second")
 
 
+# A small conv model on a prefix of MNIST: the step loop's tests (scan, host and 'auto').
+SMALL_CONV = {
+    "model": "conv",
+    "conv_features": (8, 16),
+    "conv_hidden": 32,
+    "max_train_examples": 256,
+    "max_eval_examples": 100,
+    "eval_batch_size": 100,
+    "batch_size": 64,
+    "num_image_examples": 0,
+}
+
+
 def small_config(**overrides):
     """The default config shrunk to train in about a second per epoch on a 2-core CPU."""
     config = get_config()

@@ -2,20 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import SMALL_CONV as CONV
 from conftest import small_config, straight_and_resumed, without_timings
 
 from vae_jax import train
-
-CONV = {
-    "model": "conv",
-    "conv_features": (8, 16),
-    "conv_hidden": 32,
-    "max_train_examples": 256,
-    "max_eval_examples": 100,
-    "eval_batch_size": 100,
-    "batch_size": 64,
-    "num_image_examples": 0,
-}
 
 
 @pytest.mark.parametrize("pipeline", ["device", "stream"])

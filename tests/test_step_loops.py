@@ -4,20 +4,10 @@ choice in run.json, and a resumed run keeps it."""
 import json
 
 import pytest
+from conftest import SMALL_CONV as CONV
 from conftest import small_config, without_timings
 
 from vae_jax import step_loops, train
-
-CONV = {
-    "model": "conv",
-    "conv_features": (8, 16),
-    "conv_hidden": 32,
-    "max_train_examples": 256,
-    "max_eval_examples": 100,
-    "eval_batch_size": 100,
-    "batch_size": 64,
-    "num_image_examples": 0,
-}
 
 
 class FakeRunner:

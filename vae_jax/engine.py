@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vae_jax import data, models, objectives, optim, parallel
+from vae_jax import data, evaluation, models, objectives, optim, parallel
 from vae_jax.config import validate_config
 from vae_jax.data import stream
 from vae_jax.step import (
@@ -57,8 +57,9 @@ class RunParts:
     optimizer: object
 
 
-def build_parts(config: ml_collections.ConfigDict) -> RunParts:
-    """Validates `config`, loads its data and builds its model, objective and optimizer."""
+def build_parts(config: ml_collections.ConfigDict, eval_metrics=None) -> RunParts:
+    """Validates `config`, loads its data and builds its model, objective and optimizer; checks
+    the objective's metrics and the user's `eval_metrics` before anything compiles."""
     validate_config(config)
     dataset, train_records, eval_records = data.load_splits(config)
     steps_per_epoch, schedule_steps, total_steps = schedule_lengths(config, len(train_records))
@@ -72,6 +73,13 @@ def build_parts(config: ml_collections.ConfigDict) -> RunParts:
         config.latents,
         config.batch_size,
         variational=objectives.is_variational(config.objective),
+    )
+    evaluation.check_extra_metrics(
+        eval_metrics,
+        model,
+        dataset.image_shape,
+        config.latents,
+        objectives.is_variational(config.objective),
     )
     return RunParts(
         dataset=dataset,

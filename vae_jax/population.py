@@ -254,14 +254,7 @@ def build_job(
 ) -> loop.Job:
     """The `loop.Job` of a population: checks the config, data and hooks, and initialises every
     member as its single run would. Touches no workdir."""
-    parts = engine.build_parts(config)
-    evaluation.check_extra_metrics(
-        eval_metrics,
-        parts.model,
-        parts.dataset.image_shape,
-        config.latents,
-        objectives.is_variational(config.objective),
-    )
+    parts = engine.build_parts(config, eval_metrics)
     if engine.choose_pipeline(config, parts.train_records) != "device":
         raise ConfigError(
             f"pipeline={config.pipeline!r} streams the training split, which a population cannot "

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import jax
 import ml_collections
 
-from vae_jax import engine, evaluation, loop, objectives, parallel, rng, step_loops
+from vae_jax import engine, evaluation, loop, parallel, rng, step_loops
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import validate_config
 from vae_jax.errors import ConfigError
@@ -109,14 +109,7 @@ def build_job(
 ) -> loop.Job:
     """The `loop.Job` of a single run of `config`: checks the config, the data and the hooks,
     builds the model and its initial state. Touches no workdir."""
-    parts = engine.build_parts(config)
-    evaluation.check_extra_metrics(
-        eval_metrics,
-        parts.model,
-        parts.dataset.image_shape,
-        config.latents,
-        objectives.is_variational(config.objective),
-    )
+    parts = engine.build_parts(config, eval_metrics)
     mesh = parallel.data_mesh()
     if config.batch_size % mesh.size:
         raise ConfigError(
