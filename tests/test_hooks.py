@@ -105,3 +105,12 @@ def test_a_hook_field_that_replaces_a_record_field_is_refused(tmp_path):
         train.train_and_evaluate(
             small_config(num_epochs=1), str(tmp_path), on_epoch_end=lambda r, s: {"test_elbo": 0}
         )
+
+
+def test_a_hook_value_json_cannot_hold_is_one_sentence_and_nothing_is_appended(tmp_path):
+    with pytest.raises(ConfigError, match=r"on_epoch_end returned when=<object .* cannot hold"):
+        train.train_and_evaluate(
+            small_config(num_epochs=1), str(tmp_path), on_epoch_end=lambda r, s: {"when": object()}
+        )
+    log = tmp_path / "metrics.jsonl"
+    assert not (log.exists() and log.read_text().strip())

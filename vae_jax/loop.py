@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import time
@@ -139,7 +140,15 @@ class Job:
                     f"on_epoch_end returned {', '.join(repr(c) for c in clash)}, which the "
                     "record has already; give its fields new names."
                 )
-            record.update({name: _plain(value) for name, value in added.items()})
+            for name, value in added.items():
+                record[name] = _plain(value)
+                try:
+                    json.dumps(record[name])
+                except (TypeError, ValueError):
+                    raise ConfigError(
+                        f"on_epoch_end returned {name}={value!r}, which a JSON record cannot "
+                        "hold; return numbers, strings, booleans or lists of them."
+                    ) from None
         return records
 
 
