@@ -117,6 +117,9 @@ class StopAfterCalls:
     def requested(self):
         return len(self.programs.calls) >= self.calls
 
+    def poll(self):
+        return self.requested
+
     def __enter__(self):
         return self
 
@@ -306,5 +309,35 @@ def test_the_real_stop_signals_restore_the_previous_handlers():
     with loop.StopSignals() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested and stop.signum == signal.SIGTERM
+        assert not stop.requested  # until the next boundary asks
+        assert stop.poll() and stop.requested and stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_coordinated_stop_counts_polls_and_keeps_the_agreed_answer():
+    asked = []
+
+    def reached(count):
+        asked.append(count)
+        return count == 2  # the sync point JAX's service would agree on
+
+    stop = loop.CoordinatedStop(reached)
+    assert [stop.poll() for _ in range(5)] == [False, False, True, True, True]
+    assert asked == [0, 1, 2]  # not asked again once agreed
+    assert stop.requested and stop.signum == signal.SIGTERM
+
+
+def test_coordinated_stop_passes_ctrl_c_on_as_sigterm_and_leaves_sigterm_alone():
+    forwarded = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: forwarded.append(signum))
+    try:
+        jax_handler = signal.getsignal(signal.SIGTERM)
+        with loop.CoordinatedStop(lambda count: bool(forwarded)) as stop:
+            assert signal.getsignal(signal.SIGTERM) is jax_handler
+            os.kill(os.getpid(), signal.SIGINT)
+            assert forwarded == [signal.SIGTERM]  # what JAX's notifier would catch
+            assert stop.poll() and stop.signum == signal.SIGINT  # this process exits 130
+            with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait
+                os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -6,12 +6,10 @@ devices are for correctness only (they are slower than one device).
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -153,7 +151,7 @@ def _wait_all(processes, timeout):
             outputs.append(process.communicate(timeout=timeout))
         except subprocess.TimeoutExpired:
             for p in processes:
-                p.kill()  # SIGKILL: JAX catches SIGTERM after initialize
+                p.kill()
             raise
     return outputs
 
@@ -180,22 +178,3 @@ def test_two_processes_match_one_and_checkpoint_and_resume(tmp_path, devices_per
         assert process.returncode == 0, err[-3000:]
     assert "Resumed from the checkpoint at step 16" in outputs[0][1]
     assert [(r["epoch"], r["step"]) for r in _metrics(workdir)] == [(1, 16), (2, 32)]
-
-
-def test_a_killed_process_makes_the_other_exit_within_a_minute(tmp_path):
-    workdir = str(tmp_path / "run")
-    processes = _start_processes(workdir, 1, extra=["--config.num_epochs=100000"])
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 240
-    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-        assert time.time() < deadline, "training did not start"
-        assert all(p.poll() is None for p in processes), processes[0].stderr.read()[-3000:]
-        time.sleep(0.5)
-    processes[1].send_signal(signal.SIGKILL)
-    killed_at = time.time()
-    try:
-        processes[0].wait(timeout=60)
-    finally:
-        processes[0].kill()
-    assert time.time() - killed_at < 60
-    assert processes[0].returncode not in (0, None)

@@ -185,6 +185,9 @@ class _StopAtOnce:
     signum = signal.SIGTERM
     requested = True
 
+    def poll(self):
+        return True
+
     def __enter__(self):
         return self
 

@@ -126,9 +126,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _is_library_record(record: std_logging.LogRecord) -> bool:
-    """Orbax's records, JAX's backend probe's, and the details of failures vae_jax has already
+    """Orbax's records, JAX's backend probe's and distributed start-up's, and the details of failures vae_jax has already
     reported in one line: never what a user of vae_jax acts on."""
-    noisy = (f"{os.sep}orbax{os.sep}", f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py")
+    noisy = (
+        f"{os.sep}orbax{os.sep}",
+        f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py",
+        f"{os.sep}jax{os.sep}_src{os.sep}distributed.py",  # joining several processes
+    )
     return (
         any(part in record.pathname for part in noisy)
         or record.name.startswith("orbax")

@@ -36,9 +36,9 @@ from vae_jax import workdir as workdir_lib
 from vae_jax.config import config_to_dict, population_weight_field
 from vae_jax.errors import ConfigError, DivergenceError, Preempted
 from vae_jax.records import as_json, check_finite, epoch_record, headline, summary
-from vae_jax.stopping import StopSignals
+from vae_jax.stopping import CoordinatedStop, StopSignals, stop_signals
 
-__all__ = ["Programs", "Job", "StopSignals", "run"]
+__all__ = ["Programs", "Job", "StopSignals", "CoordinatedStop", "run"]
 
 
 class Programs(Protocol):
@@ -262,6 +262,7 @@ class _Loop:
             epoch_end = min(epoch * job.steps_per_epoch, job.total_steps)
             num_steps = min(epoch_end - self.step, calls_per_epoch)
             state = self.call(state, epoch, num_steps)
+            self.stop.poll()  # once per boundary: every later check reads this answer
             if self.step < epoch_end:  # inside the epoch: keep its metrics with the state
                 if self.stop.requested:
                     self.save(state, _unfinished_extra(job, self.epoch_metrics, self.epoch_seconds))
@@ -276,7 +277,7 @@ class _Loop:
         """One compiled call: train, check, and keep the steps' metrics for the epoch's record."""
         self.programs.prepare(state, self.step, num_steps)  # compilation stays out of the timing
         started = self.clock()
-        state, metrics = self.programs.run(state, self.step, num_steps, lambda: self.stop.requested)
+        state, metrics = self.programs.run(state, self.step, num_steps, self.stop.poll)
         self.epoch_seconds += self.clock() - started
         done = None
         for k, member_metrics in enumerate(self.job.member_slices(metrics)):
@@ -379,7 +380,7 @@ def run(
     workdir: str,
     *,
     start_fresh: bool = False,
-    signals: Callable[[], Any] = StopSignals,
+    signals: Callable[[], Any] = stop_signals,
     clock: Callable[[], float] = time.perf_counter,
     open_checkpoints: Callable[[str, int], Any] = checkpoint.CheckpointStore,
 ) -> list[list[dict]]:
@@ -389,7 +390,8 @@ def run(
       job: what to train (see `Job`).
       workdir: an existing, writable directory (`workdir.prepare_workdir`).
       start_fresh: move a previous run aside (to `previous-<time>/`) instead of resuming it.
-      signals: makes the context manager that tells of a stop request (`StopSignals`).
+      signals: makes the context manager that tells of a stop request
+        (`stopping.stop_signals`: coordinated over several processes).
       clock: seconds, for `train_seconds`.
       open_checkpoints: `(directory, max_to_keep) -> store`, a `checkpoint.CheckpointStore`.
 

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae_jax import cli
+from vae_jax import cli, launch
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 
@@ -38,6 +38,14 @@ def _define_flags() -> None:
         "Move a previous run in --workdir aside (to previous-<time>/) instead of resuming it.",
     )
     flags.DEFINE_integer("num_processes", None, "How many processes train together.")
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        ["auto", "on", "off"],
+        "Several processes: 'auto' joins them when the flags above, JAX_COORDINATOR_ADDRESS, or "
+        "a SLURM or Open MPI job of several tasks say so; 'on' always asks "
+        "jax.distributed.initialize() (a Cloud TPU pod); 'off' trains alone.",
+    )
     flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
     flags.DEFINE_integer(
         "heartbeat_timeout_seconds",
@@ -52,42 +60,63 @@ def _define_flags() -> None:
     )
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_library_logs()
-    # Imported here so that `--help` and flag errors answer before JAX starts.
-    from vae_jax import parallel, population, train
-
-    distributed = (
+def _several_processes() -> bool:
+    if FLAGS.distributed != "auto":
+        return FLAGS.distributed == "on"
+    return bool(
         FLAGS.coordinator_address
         or FLAGS.num_processes
         or FLAGS.process_id is not None
         or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or launch.cluster_environment()
     )
-    if distributed:  # before any computation: JAX must see every process's devices
-        parallel.initialize_distributed(
-            FLAGS.coordinator_address,
-            FLAGS.num_processes,
-            FLAGS.process_id,
-            FLAGS.heartbeat_timeout_seconds,
-        )
 
+
+def _load_config():
     try:
         config = FLAGS.config
         config.keys()  # a config file that failed to load raises on first use
     except OSError as error:
         cause = cli.one_line(error).split("; ")[-1]  # the last line holds the underlying reason
         cli.fail(f"--config could not be loaded: {cause}")
-    train_fn = (
-        population.train_population if config.population_size > 1 else train.train_and_evaluate
-    )
+    return config
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    several = _several_processes()
+    if several and not launch.is_worker():  # a watcher that explains a lost peer in one line
+        hint = launch.process_count_hint(FLAGS.num_processes)
+        sys.exit(launch.supervise(sys.argv, FLAGS.workdir, FLAGS.process_id, hint))
+    if several:
+        launch.keep_crash_reports_in_log()
+    cli.quiet_library_logs()
+    # Imported here so that `--help` and flag errors answer before JAX starts.
+    from vae_jax import parallel, population, train
+
+    config = _load_config()
     with cli.user_errors():
+        if several:  # before any computation: JAX must see every process's devices
+            parallel.initialize_distributed(
+                FLAGS.coordinator_address,
+                FLAGS.num_processes,
+                FLAGS.process_id,
+                FLAGS.heartbeat_timeout_seconds,
+            )
+            if launch.is_worker():
+                launch.pass_on_early_stops()
+            parallel.check_processes_agree(config)
+        train_fn = (
+            population.train_population if config.population_size > 1 else train.train_and_evaluate
+        )
         cli.log_to_workdir(FLAGS.workdir)
         train_fn(config, FLAGS.workdir, start_fresh=FLAGS.start_fresh)
 
 
 def run() -> None:
+    if launch.is_worker():
+        launch.become_worker()
     cli.import_plugins(sys.argv)  # before the config flag reads its --config.<field> overrides
     try:
         _define_flags()
