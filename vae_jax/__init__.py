@@ -38,6 +38,7 @@ _EXPORTS = {
     "DataError": "vae_jax.errors",
     "WorkdirError": "vae_jax.errors",
     "DivergenceError": "vae_jax.errors",
+    "ProcessesError": "vae_jax.errors",
     "Preempted": "vae_jax.errors",
 }
 

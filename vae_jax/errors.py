@@ -21,6 +21,11 @@ class WorkdirError(VaeJaxError):
     """The workdir cannot be used: unwritable, or it holds a checkpoint that cannot be resumed."""
 
 
+class ProcessesError(VaeJaxError):
+    """Several processes cannot train together: one did not join, or they were started
+    differently."""
+
+
 class DivergenceError(VaeJaxError):
     """The loss became NaN or infinite."""
 

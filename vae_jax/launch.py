@@ -36,7 +36,9 @@ __all__ = [
     "keep_crash_reports_in_log",
     "log_path",
     "lost_processes",
+    "hold_stops",
     "pass_on_early_stops",
+    "release_stops",
     "process_count_hint",
     "process_index_hint",
     "become_worker",
@@ -54,9 +56,9 @@ def cluster_environment(environ=os.environ) -> str | None:
 
     Only what `jax.distributed.initialize()` detects by itself, and only with more than one
     task: one task of a SLURM allocation trains alone, as on a workstation."""
-    if environ.get("SLURM_STEP_ID") is not None or environ.get("SLURM_STEP_NODELIST"):
-        if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
-            return "slurm"
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+    if all(name in environ for name in slurm) and int(environ["SLURM_NTASKS"]) > 1:
+        return "slurm"  # what `srun` sets for each task; the batch script itself has no step
     if int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return "openmpi"
     return None
@@ -133,6 +135,14 @@ def explain_failure(
     log_text: str, status: int, index: str, num_processes: int | None, workdir: str
 ) -> str:
     """The one line for a worker that ended abnormally with `status` (negative: a signal)."""
+    if re.search(r"DEADLINE_EXCEEDED[^\n]*\n+RPC: \S*RegisterTask", log_text):
+        count = f"all {num_processes}" if num_processes else "all the"
+        return (
+            f"process {index} stopped: {count} processes did not join within "
+            "--initialization_timeout_seconds; start every one with the same "
+            "--coordinator_address and --num_processes and a distinct --process_id, and check "
+            f"that process 0's machine and port are reachable (details: {log_path(workdir, index)})."
+        )
     cause = lost_processes(log_text, index, num_processes)
     if cause is None:
         cause = (
@@ -175,6 +185,8 @@ def supervise(
         return 2
     terminal = (os.dup(1), os.dup(2))
     env = dict(os.environ, **{TERMINAL_ENV: f"{terminal[0]},{terminal[1]}"})
+    # The worker starts with stops blocked, so one sent before it can hold them stays pending.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     with log:
         # Its own session: a Ctrl-C reaches the worker once, passed on from here.
         worker = subprocess.Popen(
@@ -188,8 +200,11 @@ def supervise(
         )
     for fd in terminal:
         os.close(fd)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (*_STOPS, signal.SIGHUP):
         signal.signal(signum, lambda signum, frame: worker.send_signal(signum))
+    for signum in _EARLY_STOPS:
+        worker.send_signal(signum)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     status = worker.wait()
     if status in CLEAN_EXITS:
         return status
@@ -211,18 +226,33 @@ def become_worker() -> None:
     sys.excepthook = _log_and_exit
     watched = os.getppid()
     threading.Thread(target=_end_with_parent, args=(watched,), daemon=True).start()
-    # Until JAX's preemption service watches SIGTERM, a stop request waits here: it must not
-    # end one process while the others go on to wait for it.
-    signal.signal(signal.SIGTERM, _defer_stop)
-    signal.signal(signal.SIGINT, _defer_stop)
 
 
+_STOPS = (signal.SIGTERM, signal.SIGINT)
 _EARLY_STOPS: list[int] = []
 
 
 def _defer_stop(signum, frame) -> None:
     del frame
     _EARLY_STOPS.append(signum)
+
+
+def hold_stops() -> None:
+    """From the command's first line, a SIGTERM or SIGINT is kept until the command knows whether
+    it trains alone (`release_stops`) or with others: the watcher passes it on to the worker,
+    the worker to JAX's preemption service once that watches SIGTERM (`pass_on_early_stops`).
+    Ending one process at start-up would leave the others waiting for it to join."""
+    for signum in _STOPS:
+        signal.signal(signum, _defer_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # the watcher started the worker blocked
+
+
+def release_stops() -> None:
+    """Training alone: the usual handlers again, and a stop that came meanwhile acts now."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in _EARLY_STOPS:
+        os.kill(os.getpid(), signum)
 
 
 def pass_on_early_stops() -> None:

@@ -38,6 +38,11 @@ def _define_flags() -> None:
         "Move a previous run in --workdir aside (to previous-<time>/) instead of resuming it.",
     )
     flags.DEFINE_integer("num_processes", None, "How many processes train together.")
+    flags.DEFINE_integer(
+        "initialization_timeout_seconds",
+        300,
+        "Several processes: how long each waits for all of them to join before it gives up.",
+    )
     flags.DEFINE_enum(
         "distributed",
         "auto",
@@ -89,7 +94,9 @@ def main(argv: list[str]) -> None:
     if several and not launch.is_worker():  # a watcher that explains a lost peer in one line
         hint = launch.process_count_hint(FLAGS.num_processes)
         sys.exit(launch.supervise(sys.argv, FLAGS.workdir, FLAGS.process_id, hint))
-    if several:
+    if not several:
+        launch.release_stops()
+    else:
         launch.keep_crash_reports_in_log()
     cli.quiet_library_logs()
     # Imported here so that `--help` and flag errors answer before JAX starts.
@@ -103,6 +110,7 @@ def main(argv: list[str]) -> None:
                 FLAGS.num_processes,
                 FLAGS.process_id,
                 FLAGS.heartbeat_timeout_seconds,
+                initialization_timeout_seconds=FLAGS.initialization_timeout_seconds,
             )
             if launch.is_worker():
                 launch.pass_on_early_stops()
@@ -115,6 +123,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    launch.hold_stops()
     if launch.is_worker():
         launch.become_worker()
     cli.import_plugins(sys.argv)  # before the config flag reads its --config.<field> overrides

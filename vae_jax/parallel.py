@@ -105,6 +105,7 @@ def initialize_distributed(
     process_id: int | None,
     heartbeat_timeout_seconds: int = 10,
     shutdown_timeout_seconds: int = 60,
+    initialization_timeout_seconds: int = 300,
 ) -> None:
     """Joins this process to the others (`jax.distributed.initialize`).
 
@@ -112,16 +113,31 @@ def initialize_distributed(
     On CPU, collectives go through gloo. A process that stops answering is declared dead after
     `heartbeat_timeout_seconds`, and the others then stop with an error instead of waiting forever
     in a collective; a process that finished waits at most `shutdown_timeout_seconds` for the
-    others to finish too (JAX's default of 300 s would keep a failed run's survivors for minutes).
+    others to finish too (JAX's default of 300 s would keep a failed run's survivors for minutes),
+    and one waits `initialization_timeout_seconds` for all to join (on a cluster, processes can
+    start minutes apart).
     """
+    from vae_jax.errors import ProcessesError
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-        shutdown_timeout_seconds=shutdown_timeout_seconds,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+            shutdown_timeout_seconds=shutdown_timeout_seconds,
+            initialization_timeout=initialization_timeout_seconds,
+        )
+    except (RuntimeError, ValueError) as error:  # jaxlib's errors are RuntimeErrors
+        reason = str(error).strip().splitlines()[0][:300].rstrip(".") if str(error).strip() else ""
+        where = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or "the cluster"
+        raise ProcessesError(
+            f"could not join the other processes through {where}: {reason}; start every "
+            "process with the same "
+            "--coordinator_address and --num_processes and a distinct --process_id, and check "
+            "that process 0's machine and port are reachable."
+        ) from None
 
 
 def code_version() -> str:
@@ -154,11 +170,11 @@ def check_processes_agree(config) -> None:
     model no single config describes.
 
     Raises:
-      ConfigError: in every process, naming the fields (or the code versions) that differ
+      ProcessesError: in every process, naming the fields (or the code versions) that differ
         from process 0's.
     """
     from vae_jax.config import config_to_dict
-    from vae_jax.errors import ConfigError
+    from vae_jax.errors import ProcessesError
 
     mine = json.dumps({"code": code_version(), "config": config_to_dict(config)}, sort_keys=True)
     digest = np.frombuffer(hashlib.sha256(mine.encode()).digest(), np.uint8)
@@ -170,7 +186,7 @@ def check_processes_agree(config) -> None:
     here = json.loads(mine)
     others = ", ".join(str(i) for i in differing)
     if jax.process_index() not in differing:
-        raise ConfigError(
+        raise ProcessesError(
             f"process(es) {others} were started with a different config or code than process "
             "0 (their error lines name the difference); start every process with the same "
             "flags, config file, plugins and vae_jax version."
@@ -182,7 +198,7 @@ def check_processes_agree(config) -> None:
     ]
     if here["code"] != first["code"]:
         differences.append(f"vae_jax {here['code']} here but {first['code']} on process 0")
-    raise ConfigError(
+    raise ProcessesError(
         f"process {jax.process_index()} differs from process 0: {'; '.join(differences)}; "
         "start every process with the same flags, config file, plugins and vae_jax version."
     )
