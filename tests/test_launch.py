@@ -112,3 +112,16 @@ def test_processes_that_never_all_joined_are_told_how_to_start():
     assert line.startswith(
         "process 1 stopped: all 2 processes did not join within --initialization_timeout_seconds;"
     )
+
+
+def test_processes_that_differ_are_told_what_differs():
+    from vae_jax import __version__, parallel
+
+    first = {"code": "0.1.0+aaaa", "config": {"learning_rate": 0.001, "latents": 8}}
+    here = {"code": "0.1.0+bbbb", "config": {"learning_rate": 0.002, "latents": 8}}
+    assert parallel.differences(here, first) == (
+        "learning_rate=0.002 here but 0.001 on process 0; "
+        "vae_jax 0.1.0+bbbb here but 0.1.0+aaaa on process 0"
+    )
+    version = parallel.code_version()
+    assert version.startswith(f"{__version__}+") and version == parallel.code_version()

@@ -191,14 +191,19 @@ def check_processes_agree(config) -> None:
             "0 (their error lines name the difference); start every process with the same "
             "flags, config file, plugins and vae_jax version."
         )
-    differences = [
+    raise ProcessesError(
+        f"process {jax.process_index()} differs from process 0: {differences(here, first)}; "
+        "start every process with the same flags, config file, plugins and vae_jax version."
+    )
+
+
+def differences(here: dict, first: dict) -> str:
+    """What differs between this process's `{"code", "config"}` and process 0's, in words."""
+    words = [
         f"{name}={here['config'].get(name)!r} here but {first['config'].get(name)!r} on process 0"
         for name in sorted(set(here["config"]) | set(first["config"]))
         if here["config"].get(name) != first["config"].get(name)
     ]
     if here["code"] != first["code"]:
-        differences.append(f"vae_jax {here['code']} here but {first['code']} on process 0")
-    raise ProcessesError(
-        f"process {jax.process_index()} differs from process 0: {'; '.join(differences)}; "
-        "start every process with the same flags, config file, plugins and vae_jax version."
-    )
+        words.append(f"vae_jax {here['code']} here but {first['code']} on process 0")
+    return "; ".join(words)
