@@ -341,3 +341,18 @@ def test_coordinated_stop_passes_ctrl_c_on_as_sigterm_and_leaves_sigterm_alone()
                 os.kill(os.getpid(), signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_raising_max_steps_replaces_the_part_epochs_line_and_equals_a_straight_run(tmp_path):
+    straight = run(make_job(FakePrograms(), max_steps=10), tmp_path / "straight", FakeStore())[0]
+    assert [(r["epoch"], r["step"]) for r in straight] == [(1, 4), (2, 8), (3, 10)]
+
+    store = FakeStore()
+    first = run(make_job(FakePrograms(), max_steps=6), tmp_path / "raised", store)[0]
+    assert [(r["epoch"], r["step"]) for r in first] == [(1, 4), (2, 6)]  # training ended there
+    assert store.saved[6][1]["epoch_metrics"]["loss"]  # the part epoch travels with the state
+    # The same command again changes nothing; a higher max_steps finishes epoch 2 once.
+    assert run(make_job(FakePrograms(), max_steps=6), tmp_path / "raised", store)[0] == first
+    raised = run(make_job(FakePrograms(), max_steps=10), tmp_path / "raised", store)[0]
+    assert [(r["epoch"], r["step"]) for r in raised] == [(1, 4), (2, 8), (3, 10)]
+    assert without_timings(raised) == without_timings(straight)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from vae_jax.atomic import atomic_write
 
 __all__ = [
     "PALETTE",
@@ -41,9 +42,8 @@ def save_png(path: str, grid: np.ndarray) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".png") as f:
+    with atomic_write(path, "wb") as f:
         image.save(f, format="PNG")
-    os.replace(f.name, path)
 
 
 def save_reconstructions(path: str, inputs: np.ndarray, reconstructions: np.ndarray) -> None:

@@ -195,7 +195,11 @@ def _write_run_info(job: Job, workdir: str, step_loop: dict | None) -> None:
 
 def _start_outputs(job: Job, workdir: str, restored_step: int, is_primary: bool, step_loop):
     """Writes config.json and run.json (keeping its recorded `step_loop`) and rewinds every
-    metrics log to the restored checkpoint (the primary process only: the others just read)."""
+    metrics log to the restored checkpoint (the primary process only: the others just read).
+
+    A checkpoint inside an epoch that training goes on from was where `max_steps` ended an
+    earlier run: its line for that part of the epoch goes, and the whole epoch's line replaces
+    it, so each epoch has one line."""
     logs = [workdir_lib.MetricsLog(path) for path in job.metrics_paths(workdir)]
     if not is_primary:
         return logs
@@ -205,7 +209,11 @@ def _start_outputs(job: Job, workdir: str, restored_step: int, is_primary: bool,
     _write_run_info(job, workdir, step_loop)
     for k, log in enumerate(logs):
         os.makedirs(os.path.dirname(log.path), exist_ok=True)
-        dropped = log.rewind(restored_step)
+        dropped = log.rewind(
+            restored_step,
+            drop_at_step=restored_step % job.steps_per_epoch != 0
+            and restored_step < job.total_steps,
+        )
         if dropped:
             logging.info(
                 "%sDropped %d metric records past step %d; they will be redone.",
@@ -345,13 +353,20 @@ class _Loop:
                 self.programs.save_pictures(images_dir, epoch, state, self.is_primary)
         except OSError as error:
             raise self.failure(error) from error
+        # Training ended inside the epoch (max_steps): its steps so far go with the checkpoint,
+        # so that raising max_steps finishes the epoch with the line an unbroken run writes.
+        unfinished = (
+            _unfinished_extra(job, self.epoch_metrics, self.epoch_seconds)
+            if self.step % job.steps_per_epoch
+            else None
+        )
         self.epoch_metrics, self.epoch_seconds = [{} for _ in job.members], 0.0
         if (
             epoch % config.checkpoint_every_epochs == 0
             or self.step == job.total_steps
             or self.stop.requested
         ):
-            self.save(state)
+            self.save(state, unfinished)
             self.last_checkpoint = self.step
         self.log_epoch(epoch, records)
 

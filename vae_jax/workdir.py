@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from vae_jax import config as config_lib
+from vae_jax.atomic import atomic_write
 from vae_jax.errors import ConfigError, WorkdirError
 
 __all__ = [
@@ -59,17 +60,14 @@ def prepare_workdir(workdir: str) -> str:
 
 def write_json_atomic(path: str, value) -> None:
     """Writes `value` as JSON to `path` via a temporary file and a rename."""
-    directory = os.path.dirname(path)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+    with atomic_write(path) as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per finished epoch, in step order."""
+    """`metrics.jsonl`: one JSON object per finished epoch, in step order (and one for the part
+    of an epoch where `max_steps` ended training)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -89,12 +87,18 @@ class MetricsLog:
                     break  # a torn last line from a crash: everything after it is rewritten
         return records
 
-    def rewind(self, step: int) -> int:
+    def rewind(self, step: int, *, drop_at_step: bool = False) -> int:
         """Keeps only the records up to `step` (the restored checkpoint's), and drops a torn last
         line; returns how many records went. The dropped epochs are trained again from that
-        checkpoint and logged again, identically."""
+        checkpoint and logged again, identically. `drop_at_step` also drops the record at
+        `step` itself: the line of an epoch that `max_steps` ended early, which training on
+        past `step` replaces by the whole epoch's line."""
         records = self.read()
-        kept = [r for r in records if r.get("step", 0) <= step]
+        kept = [
+            r
+            for r in records
+            if r.get("step", 0) < step or (r.get("step", 0) == step and not drop_at_step)
+        ]
         if os.path.exists(self.path):
             with open(self.path) as f:
                 if f.read() != "".join(json.dumps(r) + "\n" for r in kept):
@@ -102,13 +106,9 @@ class MetricsLog:
         return len(records) - len(kept)
 
     def _rewrite(self, records: list[dict]) -> None:
-        directory = os.path.dirname(self.path)
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+        with atomic_write(self.path) as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(f.name, self.path)
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
