@@ -134,9 +134,10 @@ def make_split_evaluate(
     """The per-epoch evaluation of a run: `(evaluate, records on the device)`, with evaluate as
     in `make_evaluate` and the records padded to its batch size and copied to every device.
 
-    With `shard_batches`, each evaluation batch is split over the mesh's devices, so its size is
-    rounded up to a multiple of their number."""
-    devices = mesh.size if shard_batches else 1
+    With `shard_batches`, each evaluation batch is split over the mesh's 'data' axis (all its
+    devices for a run's 1-D mesh; a member group's for a population's, whose vmap adds the
+    'members' axis), so its size is rounded up to a multiple of that axis's size."""
+    devices = mesh.shape[parallel.DATA_AXIS] if shard_batches else 1
     batch_size = -(-min(config.eval_batch_size, len(eval_records)) // devices) * devices
     evaluate = make_evaluate(
         model,

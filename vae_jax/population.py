@@ -19,6 +19,15 @@ per-member indices from the one copy of the data. The weight and the learning ra
 and the optimizer are built inside the vmapped function from them, so one compiled program serves
 any sweep of the same shape, for every objective.
 
+Several devices: the member axis is split over a ('members', 'data') mesh of gcd(K, D) member
+groups of D / gcd(K, D) devices each (`parallel.population_mesh`). The state and the
+hyperparameters are placed by `parallel.member_sharding`, the splits replicated; vmap's
+`spmd_axis_name` splits each member's gathered batch over its group's 'data' devices, and XLA
+all-reduces the gradients within the group. K a multiple of D gives every device K / D members
+and whole batches. Every draw comes from the members' seeds, so the figures do not depend on D
+(to rounding), and a checkpoint written on any device count resumes on any other: it is restored
+into the sharding of the job's initial state.
+
 The learning rate is an argument rather than an `optax.inject_hyperparams` entry of the optimizer
 state on purpose: that way the population state is the members' single-model states stacked along
 axis 0, leaf for leaf (`stack_states`), its checkpoints hold exactly that, and a member's slice is
@@ -76,6 +85,7 @@ __all__ = [
     "member_state",
     "initial_population_state",
     "member_hyperparameters",
+    "place_members",
     "make_population_epoch",
     "build_job",
     "train_population",
@@ -112,6 +122,23 @@ def initial_population_state(
     return stack_states([create(seed) for seed in seeds])  # as the single runs do, seed by seed
 
 
+def place_members(tree, mesh):
+    """A population state (or any tree of (K, ...) leaves) on one device -> the same values split
+    over `mesh` by `parallel.member_sharding`: each member group's devices hold its members.
+
+    The leaves are read back to the host and placed with `jax.make_array_from_callback`, so every
+    process places its own (identical) copy; typed keys travel as their raw key data.
+    """
+
+    def place(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = parallel.put_members(jax.random.key_data(leaf), mesh)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return parallel.put_members(leaf, mesh)
+
+    return jax.tree.map(place, tree)
+
+
 def member_hyperparameters(members) -> dict[str, jax.Array]:
     """The traced per-member arguments: float32 (K,) arrays of the learning rate and, for an
     objective with a weight, of that field (`config.population_weight_field`)."""
@@ -129,6 +156,7 @@ def make_population_epoch(
     schedule_steps: int,
     steps_per_epoch: int,
     num_steps: int,
+    mesh=None,
 ):
     """The vmapped epoch: `population_epoch(states, hyperparameters, images)`.
 
@@ -139,12 +167,17 @@ def make_population_epoch(
       schedule_steps: the length of the learning-rate schedule, as in the single run.
       steps_per_epoch: training batches per epoch.
       num_steps: updates in this call (see `step.make_train_epoch`).
+      mesh: a `parallel.population_mesh` the members are split over, or None (one device).
+        Each member's gathered batch is then split over the mesh's 'data' axis within its
+        member group (vmap's `spmd_axis_name` adds the 'members' axis to the constraint).
 
     Returns:
       A function of states (a population `TrainState`, leaves (K, ...)), hyperparameters
       (`member_hyperparameters`: name -> (K,)) and images (N, ...) shared by all members,
       returning the new states and a dict of (K, num_steps) per-step metrics.
     """
+
+    batch_sharding = None if mesh is None else parallel.batch_sharding(mesh)
 
     def member_epoch(state, hyperparameters, images):
         # Built per trace from traced values: one program for any values of the sweep.
@@ -157,18 +190,27 @@ def make_population_epoch(
             render,
             skip_nonfinite=config.nan_policy == "skip",
         )
-        epoch = make_train_epoch(train_step, config.batch_size, steps_per_epoch, num_steps)
+        epoch = make_train_epoch(
+            train_step, config.batch_size, steps_per_epoch, num_steps, batch_sharding
+        )
         return epoch(state, images)
 
-    return jax.vmap(member_epoch, in_axes=(0, 0, None))
+    if mesh is None:
+        return jax.vmap(member_epoch, in_axes=(0, 0, None))
+    return jax.vmap(member_epoch, in_axes=(0, 0, None), spmd_axis_name=parallel.MEMBERS_AXIS)
 
 
 @dataclasses.dataclass
 class PopulationPrograms:
     """The compiled programs of K members: the vmapped epoch per call length, the vmapped
-    evaluation. Populations draw no per-epoch pictures (export a member for those)."""
+    evaluation. Populations draw no per-epoch pictures (export a member for those).
+
+    The state and the hyperparameters are split over `mesh` by `parallel.member_sharding`, the
+    splits replicated; the programs keep the state's sharding and give their metrics replicated,
+    so that every process can read all members' figures."""
 
     make_epoch: object  # num_steps -> the vmapped epoch function
+    mesh: jax.sharding.Mesh
     hyperparameters: dict
     train_on_device: jax.Array
     evaluate_fn: object
@@ -183,7 +225,11 @@ class PopulationPrograms:
             return
         started = time.perf_counter()
         self.programs[num_steps] = (
-            jax.jit(self.make_epoch(num_steps), donate_argnums=0)
+            jax.jit(
+                self.make_epoch(num_steps),
+                donate_argnums=0,
+                out_shardings=(parallel.member_sharding(self.mesh), parallel.replicated(self.mesh)),
+            )
             .lower(state, self.hyperparameters, self.train_on_device)
             .compile()
         )
@@ -211,19 +257,23 @@ class PopulationPrograms:
         return None
 
 
-def _build_programs(config, parts: engine.RunParts, members, eval_metrics=None):
+def _build_programs(config, parts: engine.RunParts, members, mesh, eval_metrics=None):
     """`state -> PopulationPrograms`, for `loop.Job.build_programs`."""
-    mesh = parallel.data_mesh()
+    split = mesh.shape[parallel.DATA_AXIS]  # devices per member group
 
     def build(state) -> PopulationPrograms:
+        # Within a member group, every evaluation batch is split over the group's devices too.
         evaluate, eval_on_device = evaluation.make_split_evaluate(
             config,
             parts.model,
             parts.dataset.render,
             parts.eval_records,
             mesh,
-            shard_batches=False,
+            shard_batches=split > 1,
             extra_metrics=eval_metrics,
+        )
+        evaluate_members = jax.vmap(
+            evaluate, in_axes=(0, None, 0), spmd_axis_name=parallel.MEMBERS_AXIS
         )
         return PopulationPrograms(
             make_epoch=lambda num_steps: make_population_epoch(
@@ -233,20 +283,43 @@ def _build_programs(config, parts: engine.RunParts, members, eval_metrics=None):
                 parts.schedule_steps,
                 parts.steps_per_epoch,
                 num_steps,
+                mesh,
             ),
-            hyperparameters=member_hyperparameters(members),
+            mesh=mesh,
+            hyperparameters=place_members(member_hyperparameters(members), mesh),
             train_on_device=parallel.put_replicated(parts.train_records, mesh),
-            evaluate_fn=jax.jit(jax.vmap(evaluate, in_axes=(0, None, 0))),
+            evaluate_fn=jax.jit(evaluate_members, out_shardings=parallel.replicated(mesh)),
             eval_on_device=eval_on_device,
             eval_keys=jax.vmap(rng.stream_key, in_axes=(0, None))(state.key, rng.EVAL_STREAM),
             description=(
                 f"Data {parts.dataset.name}: {len(parts.train_records)} training examples, "
-                f"{len(members)} members in one device program."
+                f"{len(members)} members in one program over {mesh.size} devices "
+                f"({mesh.shape[parallel.MEMBERS_AXIS]} member groups, each member's batch split "
+                f"over {split})."
             ),
             size=len(members),
         )
 
     return build
+
+
+def _population_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """`parallel.population_mesh` of the config's population over every device.
+
+    Raises:
+      ConfigError: a batch_size that the devices of a member group cannot split evenly.
+    """
+    size, devices = config.population_size, jax.device_count()
+    mesh = parallel.population_mesh(size)
+    split = mesh.shape[parallel.DATA_AXIS]
+    if config.batch_size % split:
+        raise ConfigError(
+            f"batch_size={config.batch_size} must be divisible by {split}: population_size={size} "
+            f"on {devices} devices splits every member's batch over {split} devices "
+            f"({devices} / gcd({size}, {devices})); use a batch_size that is a multiple of {split}"
+            f", or a population_size that is a multiple of {devices}."
+        )
+    return mesh
 
 
 def build_job(
@@ -262,15 +335,9 @@ def build_job(
             "(or 'auto' with a split of at most "
             f"{engine.DEVICE_DATA_BUDGET_BYTES // 2**30} GiB)."
         )
-    if jax.device_count() > 1:
-        raise ConfigError(
-            f"population_size={config.population_size} on {jax.device_count()} devices: a "
-            "population trains on one device for now (its member axis is not yet split over "
-            "devices); run it with one visible device (CUDA_VISIBLE_DEVICES=0), or train the "
-            "members as single runs."
-        )
+    mesh = _population_mesh(config)
     members = tuple(member_config(config, k) for k in range(config.population_size))
-    initial_state = initial_population_state(
+    stacked = initial_population_state(
         parts.model,
         parts.optimizer,
         parts.dataset.image_shape,
@@ -278,6 +345,9 @@ def build_job(
         [m.seed for m in members],
         parts.objective.critic,
     )
+    # Checkpoints restore into this sharding (`checkpoint.CheckpointStore.restore_latest`), also
+    # those written with another device count.
+    initial_state = place_members(stacked, mesh)
     return loop.Job(
         config=config,
         members=members,
@@ -286,7 +356,7 @@ def build_job(
         steps_per_epoch=parts.steps_per_epoch,
         total_steps=parts.total_steps,
         image_shape=tuple(parts.dataset.image_shape),
-        build_programs=_build_programs(config, parts, members, eval_metrics),
+        build_programs=_build_programs(config, parts, members, mesh, eval_metrics),
         on_epoch_end=on_epoch_end,
     )
 
