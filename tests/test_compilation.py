@@ -64,3 +64,22 @@ def test_a_resumed_run_compiles_what_a_fresh_run_does(tmp_path):
     with counting_compilations() as one_more:
         train.train_and_evaluate(config, str(tmp_path))
     assert len(resumed) == len(one_more) <= len(fresh) + 4
+
+
+def test_an_epochs_remainder_runs_in_the_calls_program_with_the_same_results(tmp_path):
+    # 8 steps per epoch in calls of 3: 3, 3 and a remainder of 2, which the 3-step program runs
+    # with its last step masked instead of compiling a 2-step program.
+    warm = small_config(num_epochs=1, num_image_examples=4)
+    train.train_and_evaluate(warm, str(tmp_path / "warm"))
+    with counting_compilations() as whole:
+        straight = train.train_and_evaluate(warm, str(tmp_path / "whole"))
+    with counting_compilations() as split:
+        called = train.train_and_evaluate(
+            small_config(num_epochs=1, num_image_examples=4, steps_per_call=3),
+            str(tmp_path / "split"),
+        )
+    assert len(split) == len(whole)  # one training program either way
+    timings = ("train_seconds", "examples_per_second")
+    assert [{k: v for k, v in r.items() if k not in timings} for r in called] == [
+        {k: v for k, v in r.items() if k not in timings} for r in straight
+    ]

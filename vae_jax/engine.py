@@ -160,8 +160,10 @@ class EpochRunner:
         chunk_steps,
         mesh=None,
         step_loop: str = "scan",
+        call_steps: int | None = None,
     ):
         self.mesh = parallel.data_mesh() if mesh is None else mesh
+        self.call_steps = call_steps
         self.pipeline = pipeline
         self.step_loop = step_loop
         self.train_step = train_step
@@ -209,19 +211,28 @@ class EpochRunner:
         """Drops the compiled programs of a step loop the run will not use."""
         self._programs = {k: v for k, v in self._programs.items() if k[0] != step_loop}
 
+    def scan_length(self, num_steps: int) -> int:
+        """How many steps the scan that runs a call of `num_steps` is compiled for: on the
+        device, every call up to `call_steps` runs in that one program, its extra steps masked,
+        so an epoch's remainder or a resumed epoch's first call compiles nothing more."""
+        if self.pipeline == "device" and self.call_steps and num_steps <= self.call_steps:
+            return self.call_steps
+        return num_steps
+
     def program(self, state, num_steps: int, step_loop: str | None = None):
         """The compiled program for `num_steps` steps, compiled before it is timed: once per
-        call length when scanned, once in all for the host loop (its step is the same)."""
+        scan length when scanned, once in all for the host loop (its step is the same)."""
         step_loop = step_loop or self.step_loop
         if step_loop not in ("scan", "host"):
             raise ValueError(f"step_loop={step_loop!r} is not settled (step_loops.settle)")
-        key = (step_loop, num_steps if step_loop == "scan" else None)
+        length = self.scan_length(num_steps)
+        key = (step_loop, length if step_loop == "scan" else None)
         if key not in self._programs:
             started = time.perf_counter()
-            self._programs[key] = self._compile(state, num_steps, step_loop)
+            self._programs[key] = self._compile(state, length, step_loop)
             logging.info(
                 "Compiled the %s %s program (%s loop) in %.2f s.",
-                f"{num_steps}-step" if step_loop == "scan" else "one-step",
+                f"{length}-step" if step_loop == "scan" else "one-step",
                 self.pipeline,
                 step_loop,
                 time.perf_counter() - started,
@@ -229,6 +240,8 @@ class EpochRunner:
         program = self._programs[key]
         if step_loop == "host" and self.pipeline == "device":
             return functools.partial(program, num_steps=num_steps)
+        if step_loop == "scan" and self.pipeline == "device":
+            return lambda state, images: program(state, images, np.int32(num_steps))
         return program
 
     def _compile(self, state, num_steps: int, step_loop: str):
@@ -252,6 +265,9 @@ class EpochRunner:
                 dtype,
                 sharding=parallel.batch_sharding(self.mesh, leading_axes=1),
             )
+        if step_loop == "scan" and self.pipeline == "device":
+            lowered = jax.jit(fn, donate_argnums=0).lower(state, example, np.int32(num_steps))
+            return lowered.compile()
         if step_loop == "scan":
             return jax.jit(fn, donate_argnums=0).lower(state, example).compile()
         return fn(state, example)
@@ -272,7 +288,7 @@ class EpochRunner:
         metrics say how many (their length)."""
         if self.pipeline == "device":
             state, step_metrics = self.program(state, num_steps)(state, self.train_on_device)
-            return state, jax.device_get(step_metrics)
+            return state, {k: v[:num_steps] for k, v in jax.device_get(step_metrics).items()}
         chunks = []
         for batches in self.loader.epoch(first_step, num_steps):
             state, chunk_metrics = self.program(state, batches.shape[0])(state, batches)

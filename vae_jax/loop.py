@@ -244,6 +244,7 @@ class _Loop:
     epoch_metrics: list[dict]
     epoch_seconds: float
     last_checkpoint: int = 0
+    calls: int = 0
 
     def __post_init__(self):
         self.last_checkpoint = self.step
@@ -294,6 +295,11 @@ class _Loop:
                 self.check_training(k, member_metrics)
             for name, values in member_metrics.items():
                 self.epoch_metrics[k].setdefault(name, []).append(np.asarray(values, np.float32))
+        if not self.calls:  # the figure a user waits for at every start
+            logging.info(
+                "First training call done: %d steps, now at step %d.", done, self.step + done
+            )
+        self.calls += 1
         self.step += done
         self.progress.update(done)
         return state

@@ -100,7 +100,9 @@ def main(argv: list[str]) -> None:
         launch.keep_crash_reports_in_log()
     cli.quiet_library_logs()
     # Imported here so that `--help` and flag errors answer before JAX starts.
-    from vae_jax import parallel, population, train
+    from vae_jax import caches, parallel, population, train
+
+    caches.enable_compilation_cache()
 
     config = _load_config()
     with cli.user_errors():

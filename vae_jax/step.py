@@ -194,21 +194,37 @@ def make_train_epoch(
     remainder N mod B is dropped. The call starts at batch `state.step % steps_per_epoch`, so a
     run resumed mid-epoch sees the batches it would have seen; a call never crosses an epoch end.
     With `batch_sharding`, each gathered batch is split over the devices (data parallelism).
+    Given `num_valid` (a traced count), only the first `num_valid` steps update the state and
+    the rest return zero metrics, so one program serves every call up to `num_steps` long.
     """
 
-    def train_epoch(state: TrainState, images: jax.Array):
+    def train_epoch(state: TrainState, images: jax.Array, num_valid=None):
         epoch = state.step // steps_per_epoch
         first_batch = state.step % steps_per_epoch
         order_key = jax.random.fold_in(rng.stream_key(state.key, rng.SHUFFLE_STREAM), epoch)
         order = jax.random.permutation(order_key, images.shape[0])
 
-        def body(state, batch_offset):
+        def update(state, batch_offset):
             start = (first_batch + batch_offset) * batch_size
             indices = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
             batch = images[indices]
             if batch_sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return train_step(state, batch)
+
+        def body(state, batch_offset):
+            if num_valid is None:
+                return update(state, batch_offset)
+            # A shorter call runs in this program too: the steps past it leave the state as is.
+            metrics = jax.eval_shape(update, state, batch_offset)[1]
+            skip = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+            return jax.lax.cond(
+                batch_offset < num_valid,
+                update,
+                lambda state, _: (state, skip),
+                state,
+                batch_offset,
+            )
 
         return jax.lax.scan(body, state, jnp.arange(num_steps))
 

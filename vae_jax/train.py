@@ -78,6 +78,7 @@ def _build_programs(config, parts: engine.RunParts, mesh, eval_metrics=None):
             config.stream_chunk_steps,
             mesh,
             step_loop,
+            call_steps=min(config.steps_per_call or parts.steps_per_epoch, parts.steps_per_epoch),
         )
         evaluate, eval_on_device = evaluation.make_split_evaluate(
             config,
