@@ -32,6 +32,7 @@ import tqdm
 from absl import logging
 
 from vae_jax import checkpoint
+from vae_jax import events as events_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import config_to_dict, population_weight_field
 from vae_jax.errors import ConfigError, DivergenceError, Preempted
@@ -101,6 +102,19 @@ class Job:
         if not self.stacked:
             return [os.path.join(workdir, "metrics.jsonl")]
         return [os.path.join(workdir, "members", str(k), "metrics.jsonl") for k in range(self.size)]
+
+    def event_dirs(self, workdir: str) -> list[str]:
+        """Each member's TensorBoard run: named by its seed and swept values in a population."""
+        root = os.path.join(workdir, events_lib.EVENTS_DIR)
+        if not self.stacked:
+            return [root]
+        names = []
+        for k, member in enumerate(self.members):
+            weight = population_weight_field(member.objective) or "beta"
+            names.append(
+                f"{k}-seed{member.seed}-{weight}{member[weight]:g}-lr{member.learning_rate:g}"
+            )
+        return [os.path.join(root, name) for name in names]
 
     def describe(self, k: int) -> str:
         """How an error names member k: '' for a single run."""
@@ -226,6 +240,26 @@ def _start_outputs(job: Job, workdir: str, restored_step: int, is_primary: bool,
     return logs
 
 
+def _evaluation(workdir: str) -> dict | None:
+    """eval.json's figures for the event files; an unreadable one is skipped, not fatal."""
+    try:
+        return workdir_lib.read_json(os.path.join(workdir, "eval.json"))
+    except (OSError, ValueError):
+        return None
+
+
+def _open_events(job: Job, workdir: str, logs, cleanup) -> list:
+    """Each member's TensorBoard run, rebuilt from its rewound metrics log (primary only)."""
+    images_dir = None if job.stacked else os.path.join(workdir, "images")
+    opened = []
+    for member, directory, log in zip(job.members, job.event_dirs(workdir), logs):
+        event_log = events_lib.EventLog(directory, config_to_dict(member), images_dir)
+        cleanup.callback(event_log.close)
+        event_log.rebuild(log.read(), None if job.stacked else _evaluation(workdir))
+        opened.append(event_log)
+    return opened
+
+
 @dataclasses.dataclass
 class _Loop:
     """The epoch/call loop of one `run`, past the restore: its position and the unfinished
@@ -243,6 +277,7 @@ class _Loop:
     step: int
     epoch_metrics: list[dict]
     epoch_seconds: float
+    events: list = dataclasses.field(default_factory=list)
     last_checkpoint: int = 0
     calls: int = 0
 
@@ -357,6 +392,8 @@ class _Loop:
             if epoch % config.images_every_epochs == 0 or self.step == job.total_steps:
                 images_dir = os.path.join(self.workdir, "images")
                 self.programs.save_pictures(images_dir, epoch, state, self.is_primary)
+            for event_log, record in zip(self.events, records):
+                event_log.add(record)  # after the pictures: the epoch's grids go with it
         except OSError as error:
             raise self.failure(error) from error
         # Training ended inside the epoch (max_steps): its steps so far go with the checkpoint,
@@ -441,6 +478,7 @@ def run(
         # Every check has passed: from here on the workdir is written.
         try:
             logs = _start_outputs(job, workdir, restored_step, is_primary, recorded)
+            events = _open_events(job, workdir, logs, cleanup) if is_primary else []
         except OSError as error:
             raise workdir_lib.write_failure(error, workdir, checkpoints.complete_steps()) from error
         if restored_step >= job.total_steps:
@@ -472,12 +510,25 @@ def run(
             signals=signals,
             clock=clock,
             is_primary=is_primary,
+            events=events,
         )
         return [log.read() for log in logs]
 
 
 def _train(
-    job, workdir, programs, checkpoints, logs, state, step, extra, *, signals, clock, is_primary
+    job,
+    workdir,
+    programs,
+    checkpoints,
+    logs,
+    state,
+    step,
+    extra,
+    *,
+    signals,
+    clock,
+    is_primary,
+    events,
 ) -> None:
     epoch_metrics, epoch_seconds = _unfinished_epoch(job, extra)
     progress = tqdm.tqdm(
@@ -502,6 +553,7 @@ def _train(
             step,
             epoch_metrics,
             epoch_seconds,
+            events,
         )
         loop.train(state)
     try:
