@@ -174,12 +174,14 @@ def make_population_epoch(
     Returns:
       A function of states (a population `TrainState`, leaves (K, ...)), hyperparameters
       (`member_hyperparameters`: name -> (K,)) and images (N, ...) shared by all members,
-      returning the new states and a dict of (K, num_steps) per-step metrics.
+      and optionally `num_valid` (a traced count: the steps past it are masked, as in
+      `step.make_train_epoch`), returning the new states and a dict of (K, num_steps)
+      per-step metrics.
     """
 
     batch_sharding = None if mesh is None else parallel.batch_sharding(mesh)
 
-    def member_epoch(state, hyperparameters, images):
+    def member_epoch(state, hyperparameters, images, num_valid):
         # Built per trace from traced values: one program for any values of the sweep.
         traced = dict(hyperparameters)
         optimizer = optim.build_optimizer(config, schedule_steps, traced.pop("learning_rate"))
@@ -193,11 +195,15 @@ def make_population_epoch(
         epoch = make_train_epoch(
             train_step, config.batch_size, steps_per_epoch, num_steps, batch_sharding
         )
-        return epoch(state, images)
+        return epoch(state, images, num_valid)
 
-    if mesh is None:
-        return jax.vmap(member_epoch, in_axes=(0, 0, None))
-    return jax.vmap(member_epoch, in_axes=(0, 0, None), spmd_axis_name=parallel.MEMBERS_AXIS)
+    spmd = {} if mesh is None else {"spmd_axis_name": parallel.MEMBERS_AXIS}
+    vmapped = jax.vmap(member_epoch, in_axes=(0, 0, None, None), **spmd)
+
+    def population_epoch(states, hyperparameters, images, num_valid=None):
+        return vmapped(states, hyperparameters, images, num_valid)
+
+    return population_epoch
 
 
 @dataclasses.dataclass
@@ -218,32 +224,42 @@ class PopulationPrograms:
     eval_keys: jax.Array
     description: str
     size: int
+    call_steps: int = 0
     programs: dict = dataclasses.field(default_factory=dict)
 
+    def scan_length(self, num_steps: int) -> int:
+        """Calls up to `call_steps` long run in one program, their extra steps masked, so an
+        epoch's remainder or a resumed epoch's first call compiles nothing more."""
+        return self.call_steps if 0 < num_steps <= self.call_steps else num_steps
+
     def prepare(self, state, first_step: int, num_steps: int) -> None:
-        if num_steps in self.programs:
+        length = self.scan_length(num_steps)
+        if length in self.programs:
             return
         started = time.perf_counter()
-        self.programs[num_steps] = (
+        self.programs[length] = (
             jax.jit(
-                self.make_epoch(num_steps),
+                self.make_epoch(length),
                 donate_argnums=0,
                 out_shardings=(parallel.member_sharding(self.mesh), parallel.replicated(self.mesh)),
             )
-            .lower(state, self.hyperparameters, self.train_on_device)
+            .lower(state, self.hyperparameters, self.train_on_device, np.int32(length))
             .compile()
         )
         logging.info(
             "Compiled the %d-member, %d-step population program in %.2f s.",
             self.size,
-            num_steps,
+            length,
             time.perf_counter() - started,
         )
 
     def run(self, state, first_step: int, num_steps: int, should_stop):
         self.prepare(state, first_step, num_steps)
-        state, metrics = self.programs[num_steps](state, self.hyperparameters, self.train_on_device)
-        return state, jax.device_get(metrics)
+        program = self.programs[self.scan_length(num_steps)]
+        state, metrics = program(
+            state, self.hyperparameters, self.train_on_device, np.int32(num_steps)
+        )
+        return state, {k: v[:, :num_steps] for k, v in jax.device_get(metrics).items()}
 
     def evaluate(self, state) -> dict:
         return self.evaluate_fn(state.params, self.eval_on_device, self.eval_keys)
@@ -298,6 +314,7 @@ def _build_programs(config, parts: engine.RunParts, members, mesh, eval_metrics=
                 f"over {split})."
             ),
             size=len(members),
+            call_steps=min(config.steps_per_call or parts.steps_per_epoch, parts.steps_per_epoch),
         )
 
     return build
