@@ -2,7 +2,7 @@
 γ = 1000 and the capacity C rising linearly from 0 to 25 nats over 100k training steps, on
 dSprites with the β-VAE architecture of `beta_vae_dsprites.py`."""
 
-from experiments.beta_vae_dsprites import get_config as beta_vae_config
+from vae_jax.experiments.beta_vae_dsprites import get_config as beta_vae_config
 
 
 def get_config():

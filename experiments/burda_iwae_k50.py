@@ -6,7 +6,7 @@ test NLL: 87.10 nats.
     python -m vae_jax.evaluate --workdir runs/burda_iwae_k50 --iwae_samples=5000
 """
 
-from experiments.burda_vae import get_config as burda_vae_config
+from vae_jax.experiments.burda_vae import get_config as burda_vae_config
 
 
 def get_config():

@@ -5,7 +5,7 @@ the two compare on the disentanglement metrics. Score them with
     python -m vae_jax.evaluate --workdir runs/dip_vae_ii_dsprites
 """
 
-from experiments.beta_vae_dsprites import get_config as beta_vae_config
+from vae_jax.experiments.beta_vae_dsprites import get_config as beta_vae_config
 
 
 def get_config():

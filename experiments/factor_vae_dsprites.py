@@ -2,7 +2,7 @@
 estimate; the discriminator has 6 hidden layers of 1000 leaky-ReLU units and its own
 Adam(1e-4, b1 = 0.5, b2 = 0.9), updated in the same jitted step as the VAE (Adam 1e-4)."""
 
-from experiments.beta_vae_dsprites import get_config as beta_vae_config
+from vae_jax.experiments.beta_vae_dsprites import get_config as beta_vae_config
 
 
 def get_config():

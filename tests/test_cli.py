@@ -21,7 +21,14 @@ def test_smoke_run_leaves_a_complete_workdir_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "epoch 1/1 step 8" in first.stderr and "step/s" in first.stderr  # log and progress
     visible = sorted(n for n in os.listdir(workdir) if not n.startswith("."))  # .lock stays
-    assert visible == ["checkpoints", "config.json", "images", "metrics.jsonl", "run.json"]
+    assert visible == [
+        "checkpoints",
+        "config.json",
+        "images",
+        "metrics.jsonl",
+        "run.json",
+        "tensorboard",
+    ]
     with open(workdir / "config.json") as f:
         assert json.load(f)["latents"] == 2
     with open(workdir / "run.json") as f:
@@ -53,3 +60,29 @@ def test_corrupt_checkpoint_is_one_line_without_traceback(tmp_path):
     assert "error: the checkpoint" in result.stderr and "cannot be read" in result.stderr
     assert "Traceback" not in result.stderr and "tensorstore_spec" not in result.stderr
     assert manifest.read_bytes() != b"" and len(manifest.read_bytes()) == 3  # left as it was
+
+
+def test_a_bundled_config_trains_by_name_from_any_directory(tmp_path):
+    """`--config=<name>` is experiments/<name>.py, wherever the command runs (the wheel holds
+    the configs as vae_jax.experiments)."""
+    result = run_cli(
+        "--workdir",
+        "runs",
+        "--config=autoencoder_mnist",
+        *SMALL,
+        "--config.num_epochs=1",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "runs" / "config.json") as f:
+        assert json.load(f)["objective"] == "ae"  # what experiments/autoencoder_mnist.py sets
+
+
+def test_an_unknown_config_name_is_one_line_with_the_names(tmp_path):
+    result = run_cli("--workdir", "runs", "--config=conv_mnsit", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(
+        "error: --config='conv_mnsit' is neither a config file nor the name of one; did you "
+        "mean 'conv_mnist'? Choose a file or one of: "
+    )
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "runs").exists()

@@ -1,5 +1,6 @@
-"""What both commands (`python -m vae_jax.main`, `python -m vae_jax.evaluate`) share: flag
-parsing, one-line errors, and a terminal kept to the run's own lines.
+"""What both commands (`vae-jax-train` or `python -m vae_jax.main`, `vae-jax-evaluate` or
+`python -m vae_jax.evaluate`) share: flag parsing, one-line errors, and a terminal kept to the
+run's own lines.
 
 A problem the user can fix ends a command as `error: <one sentence>` on stderr with exit status 2,
 never a traceback. Libraries' chatter (Orbax's per-checkpoint INFO lines, its background threads'
@@ -116,18 +117,21 @@ def flag_error_message(error: BaseException) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """Flag errors, an override of a config field that does not exist or has the wrong type,
-    and a config file that raises all end here as one line instead of a traceback."""
+    and a config file that raises or imports what is not installed all end here as one line
+    instead of a traceback."""
     try:
         return FLAGS(argv)
     except flags.Error as error:
         fail(flag_error_message(error))
+    except ImportError as error:
+        fail(f"--config could not be loaded: {one_line(error)}")
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         fail(f"invalid --config override: {one_line(error)}")
 
 
 def _is_library_record(record: std_logging.LogRecord) -> bool:
-    """Orbax's records, JAX's backend probe's and distributed start-up's, and the details of failures vae_jax has already
-    reported in one line: never what a user of vae_jax acts on."""
+    """Orbax's records, JAX's backend probe's and distributed start-up's, and the details of
+    failures vae_jax has already reported in one line: never what a user of vae_jax acts on."""
     noisy = (
         f"{os.sep}orbax{os.sep}",
         f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py",
@@ -153,8 +157,9 @@ class _TerminalFilter(std_logging.Filter):
 
 
 class _LibraryFile(std_logging.FileHandler):
-    """The workdir's log.txt: library warnings and errors in full, for a post-mortem. A write that fails (the
-    full disk being reported) is dropped silently instead of printing a logging error."""
+    """The workdir's log.txt: library warnings and errors in full, for a post-mortem. A write
+    that fails (the full disk being reported) is dropped silently instead of printing a logging
+    error."""
 
     def __init__(self, path: str):
         super().__init__(path, delay=True)

@@ -228,12 +228,48 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def did_you_mean(value: Any, choices) -> str:
+    """`"; did you mean 'x'?"` for the choice closest to a mistyped `value` ('' when none is
+    close): a typo is then fixed from the message alone. Appended to a message's end, so that
+    the message up to it reads the same with or without a close choice."""
+    if not isinstance(value, str):
+        return ""
+    others = [str(choice) for choice in choices if choice != value]
+    close = difflib.get_close_matches(value, others, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _with_suggestion(message: str, value: Any, choices) -> str:
+    """`message` with `did_you_mean(value, choices)` in place of its final full stop."""
+    hint = did_you_mean(value, choices)
+    return f"{message.rstrip().removesuffix('.')}{hint}" if hint else message
+
+
 def _check_choice(config, field: str, allowed: tuple[str, ...]) -> None:
     value = config[field]
     _require(
         value in allowed,
-        f"{field}={value!r} is not known; allowed: {', '.join(repr(a) for a in allowed)}.",
+        _with_suggestion(
+            f"{field}={value!r} is not known; allowed: {', '.join(repr(a) for a in allowed)}.",
+            value,
+            allowed,
+        ),
     )
+
+
+def _check_dataset(name: str) -> None:
+    """`data.check_dataset_name`, whose message lists the data sets, with the closest name (or
+    source prefix: 'image:<dir>' for 'images:<dir>') suggested."""
+    try:
+        data.check_dataset_name(name)
+    except ConfigError as error:
+        prefix, colon, argument = name.partition(":")
+        if colon:
+            close = difflib.get_close_matches(f"{prefix}:", data.SOURCE_PREFIXES, n=1)
+            choices = [f"{close[0]}{argument}"] if close and argument else []
+        else:
+            choices = [*data.BUILTIN_NAMES, *data.TFDS_NAMES, *registry.dataset_names()]
+        raise ConfigError(_with_suggestion(str(error), name, choices)) from None
 
 
 def _check_int(config, field: str, minimum: int) -> None:
@@ -298,7 +334,7 @@ def _check_choices(config) -> None:
     """The fields that name one of a few choices, the data set first (its check says which
     data sets there are)."""
     _require(isinstance(config.dataset, str), f"dataset={config.dataset!r} must be a string.")
-    data.check_dataset_name(config.dataset)
+    _check_dataset(config.dataset)
     for field, allowed in (
         ("pipeline", PIPELINES),
         ("step_loop", STEP_LOOPS),

@@ -200,7 +200,8 @@ def supervise(
         )
     for fd in terminal:
         os.close(fd)
-    for signum in (*_STOPS, signal.SIGHUP):
+    hang_up = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # none on Windows
+    for signum in (*_STOPS, *hang_up):
         signal.signal(signum, lambda signum, frame: worker.send_signal(signum))
     for signum in _EARLY_STOPS:
         worker.send_signal(signum)

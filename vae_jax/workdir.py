@@ -7,13 +7,18 @@ names the operating system's reason and the checkpoint that is intact (`write_fa
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import re
 import tempfile
 import time
 from collections.abc import Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: `WorkdirLock` keeps a lock file of its own instead
+    fcntl = None
 
 import ml_collections
 
@@ -119,15 +124,51 @@ class MetricsLog:
 
 class WorkdirLock:
     """An exclusive lock on a workdir for the length of a run, so that two runs never
-    interleave their checkpoints and metrics. It is an `flock` on `workdir/.lock`: the system
-    releases it when the process ends, however it ends, so a killed run never leaves it stale."""
+    interleave their checkpoints and metrics: `workdir/.lock`, which names the holder's pid.
 
-    def __init__(self, workdir: str):
-        self.workdir = workdir
+    Where the system has `flock` (Linux, macOS: kind "flock") the lock is an flock on that file:
+    the system releases it when the process ends, however it ends, so a killed run never leaves
+    it stale. Where it has not (Windows: kind "file") the file itself is the lock, created
+    exclusively and removed on release; one left by a run that was killed names a process that
+    no longer runs, and is taken over. Both kinds refuse a second run with the same message.
+
+    Args:
+      workdir: the run's directory, which exists.
+      kind: "flock" or "file"; None for `default_kind`, which tests set to "file" to run the
+        Windows code on Linux.
+    """
+
+    KINDS = ("flock", "file")
+    default_kind = "flock" if fcntl is not None else "file"
+    STALE_EMPTY_SECONDS = 10.0  # an empty lock file this old was left by a crash at creation
+
+    def __init__(self, workdir: str, kind: str | None = None):
+        kind = kind or self.default_kind
+        if kind not in self.KINDS or (kind == "flock" and fcntl is None):
+            raise ValueError(f"lock kind {kind!r} is not available here; use 'file'.")
+        self.workdir, self.kind = workdir, kind
         self.path = os.path.join(workdir, ".lock")
         self._file = None
 
     def __enter__(self):
+        self._lock_flock() if self.kind == "flock" else self._lock_file()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.kind == "flock":
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+        elif self._holder(self.path) == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+
+    def _refuse(self, holder, hint: str = ""):
+        raise WorkdirError(
+            f"--workdir {self.workdir!r} is in use by another run (process {holder}); wait "
+            f"for it to finish, or use another workdir.{hint}"
+        ) from None
+
+    def _lock_flock(self) -> None:
         self._file = open(self.path, "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,19 +176,86 @@ class WorkdirLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "unknown"
             self._file.close()
-            raise WorkdirError(
-                f"--workdir {self.workdir!r} is in use by another run (process {holder}); wait "
-                "for it to finish, or use another workdir."
-            ) from None
+            self._refuse(holder)
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"{os.getpid()}\n")
         self._file.flush()
-        return self
 
-    def __exit__(self, *exc_info) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
+    def _lock_file(self) -> None:
+        """Creates the lock file exclusively; a stale one is moved out of the way once."""
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder(self.path)
+                if not self._stale(holder):
+                    self._refuse(
+                        holder or "unknown",
+                        f" If no run is going on, delete {self.path} and run again.",
+                    )
+                self._remove_stale(holder)
+                continue
+            with os.fdopen(descriptor, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return
+        self._refuse("unknown")
+
+    def _stale(self, holder: int | None) -> bool:
+        """Whether the lock's holder is gone (a pid file that names no running process, or one
+        left empty by a crash right after it was created)."""
+        if holder is None:
+            try:
+                return time.time() - os.path.getmtime(self.path) > self.STALE_EMPTY_SECONDS
+            except FileNotFoundError:
+                return True
+        return not self.process_running(holder)
+
+    def _remove_stale(self, holder: int | None) -> None:
+        """Moves the stale lock aside and deletes it, unless another run took the lock between
+        our look and the move: then its lock goes back in place."""
+        aside = f"{self.path}.stale-{os.getpid()}"
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            return  # another run removed it first
+        if self._holder(aside) == holder:
+            os.remove(aside)
+        else:
+            os.replace(aside, self.path)
+
+    @staticmethod
+    def _holder(path: str) -> int | None:
+        """The pid a lock file names, or None (no file, empty, or not a pid)."""
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    @staticmethod
+    def process_running(pid: int) -> bool:
+        """Whether process `pid` runs on this machine (os.kill(pid, 0) would end it on Windows,
+        so there the process is opened and asked for its exit code)."""
+        if os.name == "nt":
+            import ctypes
+
+            kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+            handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+            if not handle:
+                return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it runs, as another user
+            code = ctypes.c_ulong()
+            ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            kernel32.CloseHandle(handle)
+            return bool(ok) and code.value == 259  # STILL_ACTIVE
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # another user's process
+        return True
 
 
 def move_run_aside(workdir: str) -> str | None:
