@@ -83,3 +83,24 @@ def test_tags_and_hparams_are_what_tensorboard_shows():
         "latents": 8,
         "objective": "vae",
     }
+
+
+def test_the_evaluations_figures_join_the_runs_curves_and_survive_a_rebuild(tmp_path):
+    from vae_jax.evaluate import evaluate_workdir
+
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(small_config(num_epochs=1), workdir)
+    result = evaluate_workdir(workdir, iwae_samples=4, max_examples=100, draw=False)
+    directory = os.path.join(workdir, events.EVENTS_DIR)
+    scalars, _ = read_points(directory)
+    evaluated = {tag: (step, value) for tag, step, value in scalars if tag.startswith("eval/")}
+    assert evaluated and all(step == 8 for step, _ in evaluated.values())
+    name = next(iter(result["metrics"]))
+    assert (
+        evaluated[f"eval/{name}"][1]
+        == struct.unpack("f", struct.pack("f", result["metrics"][name]))[0]
+    )
+    train.train_and_evaluate(small_config(num_epochs=2), workdir)  # rebuilt, eval.json kept
+    rebuilt, _ = read_points(directory)
+    assert {t for t, _, _ in rebuilt if t.startswith("eval/")} == set(evaluated)
+    assert [s for t, s, _ in rebuilt if t == "test/elbo"] == [8, 16]

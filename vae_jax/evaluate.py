@@ -18,6 +18,7 @@ summed over pixels. Nothing of the training run is changed: evaluation only read
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from vae_jax import (
+    caches,
     cli,
     curves,
     data,
@@ -36,6 +38,7 @@ from vae_jax import (
     drawing,
     estimators,
     evaluation,
+    events,
     objectives,
     pictures,
     rng,
@@ -315,7 +318,21 @@ def evaluate_workdir(
     result["seconds"]["total"] = round(time.perf_counter() - started, 3)
     result["config"] = config_to_dict(config)
     workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    _add_to_events(workdir, result)
     return result
+
+
+def _add_to_events(workdir: str, result: dict) -> None:
+    """eval.json's figures in the run's TensorBoard files, beside its training curves (a single
+    run's; the next training start rebuilds them with eval.json included)."""
+    directory = os.path.join(workdir, events.EVENTS_DIR)
+    if not glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        return
+    event_log = events.EventLog(directory, result["config"], None)
+    try:
+        event_log.add_evaluation(result)
+    finally:
+        event_log.close()
 
 
 def _check_positive(name: str, value, allow_zero: bool = False) -> None:
@@ -366,6 +383,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.quiet_library_logs()
+    caches.enable_compilation_cache()
     with cli.user_errors():
         cli.log_to_workdir(FLAGS.workdir)
         result = evaluate_workdir(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import secrets
 
 import numpy as np
 from PIL import Image
@@ -62,7 +63,10 @@ class EventLog:
         self.directory, self.images_dir = directory, images_dir
         os.makedirs(directory, exist_ok=True)
         self._older = set(glob.glob(os.path.join(directory, "events.out.tfevents.*")))
-        self._writer = SummaryWriter(logdir=directory, flush_secs=3600)
+        # tensorboardX names a file by the second and the host only: two writers in one second
+        # (a run, then its evaluation) would share a file, and a rebuild would remove its own.
+        suffix = f".{os.getpid()}.{secrets.token_hex(4)}"
+        self._writer = SummaryWriter(logdir=directory, flush_secs=3600, filename_suffix=suffix)
         self._config = hparams(config)
         self._hparams_written = False
 
