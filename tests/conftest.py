@@ -17,6 +17,11 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax_compilation"),
 )
+# vae_jax's own caches (decoded image folders) stay out of the user's home too.
+os.environ.setdefault(
+    "VAE_JAX_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "vae_jax"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # From a fresh clone (CI) nothing is cached and compiling is most of the suite's time: LLVM's

@@ -8,9 +8,11 @@ Pillow or gzip never reaches the user.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import hashlib
 import numbers
+import os
 import struct
 import zipfile
 import zlib
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from vae_jax.data import image_cache
 from vae_jax.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -542,6 +545,19 @@ def _stack_images(images: list[np.ndarray], rgb: bool) -> np.ndarray:
     return np.stack(as_rgb)
 
 
+def _decode_splits(files: dict, image_size: int) -> dict[str, np.ndarray]:
+    """Every split's images decoded by a pool of threads (Pillow decodes without the GIL), in
+    file order; a broken file raises its DataError here."""
+    workers = min(32, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        decoded = {
+            split: list(pool.map(lambda entry: _read_image(entry[0], image_size), entries))
+            for split, entries in files.items()
+        }
+    rgb = any(image.ndim == 3 for images in decoded.values() for image in images)
+    return {split: _stack_images(images, rgb) for split, images in decoded.items()}
+
+
 def load_image_folder(directory: str, name: str, image_size: int) -> Dataset:
     """Loads a folder of PNG/JPEG images, resized to image_size x image_size.
 
@@ -550,7 +566,8 @@ def load_image_folder(directory: str, name: str, image_size: int) -> Dataset:
     those are the splits; otherwise a deterministic tenth of the files, chosen by a SHA-256 hash
     of each file's path relative to the folder, forms 'test' and the rest 'train'. Each image is
     center-cropped to a square and resized; the data set is grayscale if every image is, else
-    RGB. Hidden files and folders (names starting with '.') are skipped.
+    RGB. Hidden files and folders (names starting with '.') are skipped. Files are decoded in
+    parallel threads, and the arrays cached once (`data.image_cache`) until the folder changes.
 
     Args:
       directory: the folder of images.
@@ -579,12 +596,11 @@ def load_image_folder(directory: str, name: str, image_size: int) -> Dataset:
     # One class list across splits, so a class missing from one split keeps its index.
     classes = sorted({label for entries in files.values() for _, label in entries} - {None})
     class_index = {label: index for index, label in enumerate(classes)}
-    decoded = {
-        split: [_read_image(path, image_size) for path, _ in entries]
-        for split, entries in files.items()
-    }
-    rgb = any(image.ndim == 3 for images in decoded.values() for image in images)
-    splits = {split: _stack_images(images, rgb) for split, images in decoded.items()}
+    key = image_cache.folder_key(root, files, image_size)
+    splits = image_cache.load(key)
+    if splits is None or set(splits) != set(files):
+        splits = _decode_splits(files, image_size)
+        image_cache.store(key, splits)
     labels = {
         split: np.array([class_index[label] for _, label in entries], dtype=np.int32)
         for split, entries in files.items()
