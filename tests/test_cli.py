@@ -86,3 +86,16 @@ def test_an_unknown_config_name_is_one_line_with_the_names(tmp_path):
         "mean 'conv_mnist'? Choose a file or one of: "
     )
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_both_commands_print_flag_errors_the_same_way(tmp_path):
+    for module, flag in (
+        ("vae_jax.main", "--heartbeat_timeout_seconds=abc"),
+        ("vae_jax.evaluate", "--iwae_samples=abc"),
+    ):
+        result = run_cli("--workdir", "w", flag, cwd=tmp_path, module=module)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        name, value = flag[2:].split("=")
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: flag --{name}={value}: invalid literal for int() with base 10: '{value}'"
+        )

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -66,6 +67,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
+
+from vae_jax import progress
 
 # `represent` gets at most this many factor rows per call.
 REPRESENT_CHUNK_ROWS = 2048
@@ -761,9 +765,18 @@ def evaluate_all(source: FactorSource, seed: int = 0, **overrides: Any) -> dict:
             raise TypeError(f"unknown override {key!r}; allowed: {sorted(known | set(METRICS))}")
     children = np.random.SeedSequence(seed).spawn(len(METRICS))
     results = {}
-    for (name, metric), child in zip(METRICS.items(), children):
-        parameters = _metric_parameters(metric)
-        kwargs = {k: v for k, v in overrides.items() if k in parameters}
-        kwargs.update(overrides.get(name, {}))
-        results[name] = {**metric(source, np.random.default_rng(child), **kwargs), "seed": seed}
+    with progress.Phase("disentanglement metrics", len(METRICS), unit="metrics") as phase:
+        for (name, metric), child in zip(METRICS.items(), children):
+            parameters = _metric_parameters(metric)
+            kwargs = {k: v for k, v in overrides.items() if k in parameters}
+            kwargs.update(overrides.get(name, {}))
+            begun = time.perf_counter()
+            results[name] = {**metric(source, np.random.default_rng(child), **kwargs), "seed": seed}
+            logging.info(
+                "%s: %.4g in %s.",
+                name,
+                results[name]["score"],
+                progress.duration(time.perf_counter() - begun),
+            )
+            phase.update(1)
     return results

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import disentanglement, evaluation, objectives
+from vae_jax import disentanglement, evaluation, objectives, progress
 from vae_jax.step import to_float
 
 __all__ = [
@@ -60,9 +60,11 @@ def importance_weighted_nll(model, params, records, dataset, key, config, num_sa
 
     padded = evaluation.pad_to_multiple(records, batch_size)
     values = []
-    for start, stop in batches(len(records), batch_size):
-        bound = bounds_of(params, jnp.asarray(padded[start : start + batch_size]), start, key)
-        values.append(np.asarray(bound)[: stop - start])
+    with progress.Phase(f"IWAE bound, k = {num_samples}", len(records)) as phase:
+        for start, stop in batches(len(records), batch_size):
+            bound = bounds_of(params, jnp.asarray(padded[start : start + batch_size]), start, key)
+            values.append(np.asarray(bound)[: stop - start])
+            phase.update(stop - start)
     bounds = np.concatenate(values).astype(np.float64)
     return float(-bounds.mean()), float(bounds.std(ddof=1) / math.sqrt(len(bounds)))
 
@@ -79,11 +81,13 @@ def reconstruction_errors(model, params, records, dataset, key, binarize, batch_
         return nats, squared
 
     nats, squared = [], []
-    for start, stop in batches(len(records), batch_size):
-        x, _ = float_batches(records, dataset, start, stop, key, binarize)
-        batch_nats, batch_squared = errors_of(params, x)
-        nats.append(np.asarray(batch_nats))
-        squared.append(np.asarray(batch_squared))
+    with progress.Phase("reconstruction errors", len(records)) as phase:
+        for start, stop in batches(len(records), batch_size):
+            x, _ = float_batches(records, dataset, start, stop, key, binarize)
+            batch_nats, batch_squared = errors_of(params, x)
+            nats.append(np.asarray(batch_nats))
+            squared.append(np.asarray(batch_squared))
+            phase.update(stop - start)
     return float(np.concatenate(nats).mean()), float(np.concatenate(squared).mean())
 
 
