@@ -38,6 +38,31 @@ from vae_jax.config import get_config
 
 TIMING_FIELDS = ("train_seconds", "examples_per_second")
 
+# Figures that batched (vmapped) or differently split matrix products may round differently.
+ELBO_FIELDS = (
+    "train_elbo",
+    "train_kl",
+    "train_recon",
+    "train_loss",
+    "test_elbo",
+    "test_kl",
+    "test_recon",
+)
+
+
+def forced_devices_env(devices: int = 1, **extra) -> dict:
+    """The environment of a subprocess that sees `devices` forced CPU devices, trains alone
+    (no coordinator or cluster variables of this shell), and keeps the suite's flags."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
+    for name in list(env):
+        if name.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_")):
+            del env[name]
+    env.update(extra)
+    return env
+
 
 # A small conv model on a prefix of MNIST: the step loop's tests (scan, host and 'auto').
 SMALL_CONV = {

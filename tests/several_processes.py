@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from conftest import forced_devices_env
+
 from vae_jax import launch
 
 SMALL = [
@@ -50,18 +52,6 @@ def free_slurm_job_id() -> int:
                 continue
             return job_id
     raise RuntimeError("no free port in 61440-65535")
-
-
-def environment(devices: int = 1, **extra) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    ).strip()
-    for name in list(env):
-        if name.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_")):
-            del env[name]
-    env.update(extra)
-    return env
 
 
 @dataclasses.dataclass
@@ -100,7 +90,7 @@ def start(workdir: str, args=(), *, n: int = 2, per_process=None, envs=None) -> 
                 + per_process(i),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=envs[i] if envs else environment(),
+                env=envs[i] if envs else forced_devices_env(),
             )
         processes.append(Process(popen, terminal))
     return processes

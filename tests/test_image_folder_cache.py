@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_jax.data import files, image_cache
+from vae_jax.data import files
 
 
 def _folder(root, count, seed=0):

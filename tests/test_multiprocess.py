@@ -10,6 +10,7 @@ import time
 
 import pytest
 import several_processes as mp
+from conftest import forced_devices_env
 
 from vae_jax import launch
 
@@ -113,7 +114,7 @@ def test_a_two_task_slurm_job_joins_without_address_flags(tmp_path):
     """The environment `srun --ntasks=2` sets on one node; JAX finds the coordinator in it."""
     job_id = mp.free_slurm_job_id()
     envs = [
-        mp.environment(
+        forced_devices_env(
             SLURM_JOB_ID=str(job_id),
             SLURM_STEP_ID="0",
             SLURM_STEP_NODELIST="localhost",

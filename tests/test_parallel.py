@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import forced_devices_env
 
 SMALL = [
     "--config.max_train_examples=2048",
@@ -24,19 +25,10 @@ SMALL = [
 ]
 
 
-def _env(devices: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (  # keeps the suite's flags (conftest.py)
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    ).strip()
-    env.pop("JAX_COORDINATOR_ADDRESS", None)
-    return env
-
-
 def _run(args, devices=1, timeout=300):
     return subprocess.run(
         [sys.executable, *args],
-        env=_env(devices),
+        env=forced_devices_env(devices),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -135,7 +127,7 @@ def _start_processes(workdir, devices_per_process, extra=()):
                 "--num_processes=2",
                 f"--process_id={i}",
             ],
-            env=_env(devices_per_process),
+            env=forced_devices_env(devices_per_process),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

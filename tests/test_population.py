@@ -10,24 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import small_config, without_timings
+from conftest import ELBO_FIELDS, small_config, without_timings
 
 from vae_jax import models, population, train
 from vae_jax.config import OBJECTIVES, POPULATION_WEIGHT_FIELDS
 from vae_jax.errors import ConfigError, Preempted, WorkdirError
 from vae_jax.optim import build_optimizer
 from vae_jax.step import create_train_state
-
-# Figures that vmapped (batched) matrix products may round differently from the single run.
-ELBO_FIELDS = (
-    "train_elbo",
-    "train_kl",
-    "train_recon",
-    "train_loss",
-    "test_elbo",
-    "test_kl",
-    "test_recon",
-)
 
 
 def population_config(**overrides):

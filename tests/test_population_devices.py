@@ -15,7 +15,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import without_timings
+from conftest import ELBO_FIELDS, forced_devices_env, without_timings
 
 SMALL = [
     "--config.max_train_examples=512",
@@ -28,31 +28,11 @@ SMALL = [
     "--config.num_image_examples=8",
 ]
 
-# Figures that another split of the batched products may round differently.
-ELBO_FIELDS = (
-    "train_elbo",
-    "train_kl",
-    "train_recon",
-    "train_loss",
-    "test_elbo",
-    "test_kl",
-    "test_recon",
-)
-
-
-def devices_env(devices: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (  # keeps the suite's flags (conftest.py)
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    ).strip()
-    env.pop("JAX_COORDINATOR_ADDRESS", None)
-    return env
-
 
 def run_python(args, devices: int):
     return subprocess.run(
         [sys.executable, *args],
-        env=devices_env(devices),
+        env=forced_devices_env(devices),
         capture_output=True,
         text=True,
         timeout=300,
@@ -250,7 +230,7 @@ def test_two_processes_split_every_members_batch_between_them(eight_members, tmp
                 "--num_processes=2",
                 f"--process_id={i}",
             ],
-            env=devices_env(2),
+            env=forced_devices_env(2),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -245,7 +245,8 @@ def hold_stops() -> None:
     Ending one process at start-up would leave the others waiting for it to join."""
     for signum in _STOPS:
         signal.signal(signum, _defer_stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # the watcher started the worker blocked
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # the watcher started it blocked
 
 
 def release_stops() -> None:
