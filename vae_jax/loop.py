@@ -433,6 +433,16 @@ class _Loop:
         )
 
 
+def _settle_step_loop(job, workdir, programs, state, recorded, restored_step, checkpoints):
+    """Picks the step loop before the first call and records a new choice in run.json."""
+    step_loop = programs.settle_step_loop(state, recorded, resumed=restored_step > 0)
+    if jax.process_index() == 0 and step_loop and step_loop != recorded:
+        try:
+            _write_run_info(job, workdir, step_loop)
+        except OSError as error:
+            raise workdir_lib.write_failure(error, workdir, checkpoints.complete_steps()) from error
+
+
 def run(
     job: Job,
     workdir: str,
@@ -489,14 +499,7 @@ def run(
             )
             return [log.read() for log in logs]
         programs = job.build_programs(state)
-        step_loop = programs.settle_step_loop(state, recorded, resumed=restored_step > 0)
-        if is_primary and step_loop and step_loop != recorded:
-            try:
-                _write_run_info(job, workdir, step_loop)
-            except OSError as error:
-                raise workdir_lib.write_failure(
-                    error, workdir, checkpoints.complete_steps()
-                ) from error
+        _settle_step_loop(job, workdir, programs, state, recorded, restored_step, checkpoints)
         logging.info("%s", programs.description)
         _train(
             job,
