@@ -2,8 +2,8 @@
 
     python -m benchmarks.accelerator --output $OUT/accelerator.json
 
-It compiles nine programs, times each five times and traces one of them once more (not yet run
-on an accelerator: none has been lent). It records, with the device and the package versions:
+It compiles nine programs, times each five times and traces one of them once more (82 s on an
+H200: docs/performance.md, "Accelerators"). It records, with the device and the package versions:
 
   peak          the device's matmul rate on an n³ product (n = 8192 on an accelerator, 2048 on
                 a CPU), bf16 and f32 operands with f32 sums: the limits the rest is measured

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import accelerator, bf16_layouts, profile, run
+from benchmarks import accelerator, bf16_layouts, profile, run, step_levers
 from vae_jax.config import get_config
 
 
@@ -166,6 +166,49 @@ def test_accelerator_check_runs_end_to_end_and_its_figures_agree(tmp_path):
     # the build: at the suite's LLVM level 0 elementwise fusions can outrank them.)
     assert all(re.fullmatch(r"[\w.\-]+", op["op"]) for op in traced["ops"])
     assert any("conv_general_dilated" in op["traced_at"] for op in traced["ops"])
+
+
+def test_step_levers_time_every_variant_and_equal_variants_agree(tmp_path):
+    output = tmp_path / "levers.json"
+    # fmt: off
+    report = step_levers.main([
+        "--mlp_steps", "3", "--conv_images", "32", "--conv_batch_size", "16",
+        "--conv_dtypes", "bfloat16", "--repeats", "1", "--output", str(output),
+    ])
+    # fmt: on
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    mlp = {row["variant"]: row for row in report["mlp"]}
+    assert list(mlp) == list(step_levers.MLP_VARIANTS)
+    for row in mlp.values():
+        assert row["examples_per_second"] == pytest.approx(3 * 128 / row["seconds_per_call"])
+        assert row["ms_per_50k_epoch"] == pytest.approx(50_000 / row["examples_per_second"] * 1e3)
+    # A full call masked either way computes what the unmasked one does, bit for bit.
+    assert mlp["unmasked"]["loss"] == mlp["cond"]["loss"] == mlp["select"]["loss"]
+    for name in ("unmasked_unroll2", "unmasked_unroll5", "unmasked_unroll10"):
+        assert mlp[name]["loss"] == pytest.approx(mlp["unmasked"]["loss"], rel=1e-5)
+    conv = {row["variant"]: row for row in report["conv"]}
+    assert list(conv) == ["phase_bfloat16", "native_bfloat16"]
+    # On a CPU both take the CPU's own form: the same program.
+    assert conv["phase_bfloat16"]["loss"] == conv["native_bfloat16"]["loss"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--parts", "mlp,gpu"], "--parts=mlp,gpu: expected mlp and/or conv"),
+        (["--conv_dtypes", "fp8"], "--conv_dtypes=fp8: expected bfloat16"),
+        (["--conv_batch_size", "0"], "--conv_batch_size=0 must be in [1, --conv_images]"),
+        (["--repeats", "0"], "--repeats=0 must be at least 1"),
+    ],
+)
+def test_step_levers_reject_bad_flags_before_any_work(flags, message, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the flags were checked")
+
+    monkeypatch.setattr(step_levers.accelerator, "environment", no_work)
+    with pytest.raises(SystemExit):
+        step_levers.main(flags)
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

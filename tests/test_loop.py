@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from vae_jax import loop
+from vae_jax import launch, loop, stopping
 from vae_jax.config import member_config
 from vae_jax.errors import DivergenceError, Preempted, WorkdirError
 
@@ -356,3 +356,22 @@ def test_raising_max_steps_replaces_the_part_epochs_line_and_equals_a_straight_r
     raised = run(make_job(FakePrograms(), max_steps=10), tmp_path / "raised", store)[0]
     assert [(r["epoch"], r["step"]) for r in raised] == [(1, 4), (2, 8), (3, 10)]
     assert without_timings(raised) == without_timings(straight)
+
+
+def test_a_ctrl_c_during_start_up_still_stops_a_coordinated_run_by_sigint():
+    # Between jax.distributed.initialize and the loop, Ctrl-C is passed on to JAX as a SIGTERM;
+    # the process must still report (and exit with) SIGINT, as its peers that got it later do.
+    forwarded = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, lambda signum, frame: forwarded.append(signum))
+    try:
+        launch.pass_on_early_stops()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert forwarded == [signal.SIGTERM]
+        assert stopping.early_stop() == signal.SIGINT  # this worker's first early stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stop = loop.CoordinatedStop(lambda count: True, early=stopping.early_stop())
+    assert stop.poll() and stop.signum == signal.SIGINT
+    assert loop.CoordinatedStop(lambda count: True).poll()  # no early stop: SIGTERM

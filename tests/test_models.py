@@ -76,15 +76,21 @@ def test_conv_rejects_image_sides_it_cannot_halve():
 CONV_CASES = [((3, 28, 28, 1), 32), ((3, 14, 14, 32), 64), ((2, 7, 9, 3), 5), ((2, 8, 6, 16), 1)]
 
 
-def _with_cpu_forms(use: bool):
-    """On CPU, whether the layers take convolutions.py's CPU gradients or the other platforms'
-    autodiff (the `default` branch of their `platform_dependent`), to test both here."""
-    if use:
-        return contextlib.nullcontext()
-    return convolutions.autodiff_on_cpu()
+@contextlib.contextmanager
+def _with_cpu_forms(forms: str):
+    """On CPU, whether the layers take convolutions.py's CPU gradients ('cpu') or one of the
+    other platforms' forms (the `default` branch of their `platform_dependent`): autodiff of the
+    phase convolutions ('phase') or the native transposed convolution ('native')."""
+    if forms == "cpu":
+        yield
+        return
+    with convolutions.autodiff_on_cpu(), convolutions.transposed_form(forms):
+        yield
 
 
-@pytest.mark.parametrize("cpu_forms", [True, False], ids=["cpu-forms", "autodiff"])
+@pytest.mark.parametrize(
+    "cpu_forms", ["cpu", "phase", "native"], ids=["cpu-forms", "autodiff", "native"]
+)
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv-transpose"])
 @pytest.mark.parametrize("shape, features", CONV_CASES)
 def test_stride_2_convolutions_equal_flax_layers_with_gradients(

@@ -236,3 +236,23 @@ def test_bfloat16_on_a_cpu_without_bf16_units_warns_that_it_is_slower(
     assert records[-1]["step"] == 2  # a warning, not an error: it trains
     said = "slower than with dtype='float32'" in caplog.text
     assert said is warned, caplog.text
+
+
+@pytest.mark.parametrize("masking", ["cond", "select", "auto"])
+@pytest.mark.parametrize("unroll", [1, 2])
+def test_a_masked_short_call_equals_the_shorter_program_bit_for_bit(masking, unroll):
+    # 5 of a 7-step program's steps, against a 5-step program: the same state, bit for bit,
+    # the same metrics for the 5 steps and zeros for the 2 masked ones.
+    model, state, step, images = _setup(num_images=256)
+    masked = jax.jit(make_train_epoch(step, 32, 8, 7, unroll=unroll, masking=masking))
+    short = jax.jit(make_train_epoch(step, 32, 8, 5))
+    masked_state, masked_metrics = masked(state, images, np.int32(5))
+    short_state, short_metrics = short(state, images)
+    assert int(masked_state.step) == 5
+    for a, b in zip(jax.tree.leaves(masked_state), jax.tree.leaves(short_state), strict=True):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+    for name, values in masked_metrics.items():
+        np.testing.assert_array_equal(values[:5], short_metrics[name])
+        np.testing.assert_array_equal(values[5:], 0)

@@ -172,6 +172,25 @@ _up_on_cpu.defvjp(_up_on_cpu_forward, _up_on_cpu_backward)
 _CPU_GRADIENTS = {"hand_written": True}
 
 
+# How the transposed convolution is traced for other platforms than the CPU: 'phase' (four
+# stride-1 convolutions, interleaved) or 'native' (`lax.conv_transpose`). Read at trace time.
+_ACCELERATOR_UP = {"form": "phase"}
+
+
+@contextlib.contextmanager
+def transposed_form(form: str):
+    """Within this block, transposed convolutions traced for a GPU or TPU take `form`:
+    'phase' or 'native' (benchmarks.step_levers measures both)."""
+    if form not in ("phase", "native"):
+        raise ValueError(f"form={form!r}: expected 'phase' or 'native'")
+    previous = _ACCELERATOR_UP["form"]
+    _ACCELERATOR_UP["form"] = form
+    try:
+        yield
+    finally:
+        _ACCELERATOR_UP["form"] = previous
+
+
 @contextlib.contextmanager
 def autodiff_on_cpu():
     """Within this block, layers traced on a CPU take the other platforms' autodiff gradients."""
@@ -223,5 +242,11 @@ def conv_transpose_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float
     def on_cpu(x, down_kernel):
         return _up_on_cpu(x, down_kernel, height, width)
 
-    cpu = on_cpu if _CPU_GRADIENTS["hand_written"] else by_autodiff
-    return jax.lax.platform_dependent(x, down_kernel, cpu=cpu, default=by_autodiff)
+    def native(x, down_kernel):  # cuDNN's own transposed convolution (zeros inserted)
+        return jax.lax.conv_transpose(
+            x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC, preferred_element_type=jnp.float32
+        )
+
+    default = native if _ACCELERATOR_UP["form"] == "native" else by_autodiff
+    cpu = on_cpu if _CPU_GRADIENTS["hand_written"] else default
+    return jax.lax.platform_dependent(x, down_kernel, cpu=cpu, default=default)

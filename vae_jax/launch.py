@@ -27,6 +27,8 @@ import threading
 import time
 import traceback
 
+from vae_jax import stopping
+
 __all__ = [
     "CLEAN_EXITS",
     "cluster_environment",
@@ -236,6 +238,13 @@ _EARLY_STOPS: list[int] = []
 def _defer_stop(signum, frame) -> None:
     del frame
     _EARLY_STOPS.append(signum)
+    stopping.note_early_stop(signum)
+
+
+def _to_jax(signum, frame) -> None:
+    del frame
+    stopping.note_early_stop(signum)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def hold_stops() -> None:
@@ -261,7 +270,7 @@ def pass_on_early_stops() -> None:
     """After `jax.distributed.initialize`: a SIGTERM or SIGINT that came during start-up becomes
     the SIGTERM JAX's preemption service acts on, and Ctrl-C keeps doing so until the loop
     takes it over."""
-    signal.signal(signal.SIGINT, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    signal.signal(signal.SIGINT, _to_jax)
     if _EARLY_STOPS:
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -20,7 +20,21 @@ import threading
 
 from absl import logging
 
-__all__ = ["StopSignals", "CoordinatedStop", "stop_signals"]
+__all__ = ["StopSignals", "CoordinatedStop", "stop_signals", "note_early_stop", "early_stop"]
+
+# Stop signals this process received before a StopSignals watched them (launch.py's start-up
+# handlers note them): a Ctrl-C that start-up passed on to JAX as a SIGTERM still reports SIGINT.
+_EARLY_STOPS: list[int] = []
+
+
+def note_early_stop(signum: int) -> None:
+    """Records a SIGTERM or SIGINT that came before the training loop watched for one."""
+    _EARLY_STOPS.append(signum)
+
+
+def early_stop() -> int | None:
+    """The first signal `note_early_stop` recorded, or None."""
+    return _EARLY_STOPS[0] if _EARLY_STOPS else None
 
 
 class StopSignals:
@@ -85,11 +99,14 @@ class CoordinatedStop(StopSignals):
 
     Args:
       reached: `count -> bool`, JAX's sync point (a fake in tests).
+      early: the signal that came during start-up, if any (`note_early_stop`): it, not the
+        SIGTERM it was passed on as, is what this process stops by.
     """
 
-    def __init__(self, reached=_reached_sync_point):
+    def __init__(self, reached=_reached_sync_point, early: int | None = None):
         super().__init__()
         self._reached = reached
+        self._early = early
         self._count = 0
 
     def poll(self) -> bool:
@@ -97,7 +114,7 @@ class CoordinatedStop(StopSignals):
             self._polled = self._reached(self._count)
             self._count += 1
             if self._polled:
-                self.signum = self.signum or signal.SIGTERM
+                self.signum = self.signum or self._early or signal.SIGTERM
                 logging.warning(
                     "A stop was requested (SIGTERM or SIGINT to one of the processes): every "
                     "process stops here with a checkpoint of this step."
@@ -120,4 +137,6 @@ def stop_signals() -> StopSignals:
     """The stop requests of this run: coordinated when several processes train together."""
     import jax
 
-    return CoordinatedStop() if jax.process_count() > 1 else StopSignals()
+    if jax.process_count() == 1:
+        return StopSignals()
+    return CoordinatedStop(early=early_stop())
