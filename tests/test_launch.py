@@ -38,7 +38,7 @@ GLOO = (
         ("Task 2 heartbeat timeout. This indicates", "0", 4, "process 2 was lost"),
         (COORDINATOR, "1", 2, "process 0, the coordinator, was lost"),
         (GLOO, "0", 2, "process 1 was lost (its connection closed)"),
-        (GLOO, "1", 2, "process 0 was lost (its connection closed)"),
+        (GLOO, "1", 2, "process 0, the coordinator, was lost (its connection closed)"),
         (GLOO, "2", 4, "a peer process was lost (its connection closed)"),
         ("nothing the runtime said", "0", 2, None),
     ],

@@ -31,6 +31,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "tanh", "elu", "softplus")
 OBJECTIVES = registry.BUILTIN_OBJECTIVES
 DAE_CORRUPTIONS = ("masking", "gaussian")
 DTYPES = ("float32", "bfloat16")
+MATMUL_PRECISIONS = ("default", "high", "highest")
 EVAL_SPLITS = ("test", "valid")
 PIPELINES = ("auto", "device", "stream")
 STEP_LOOPS = ("auto", "scan", "host")
@@ -144,6 +145,10 @@ def _add_model_fields(config: ml_collections.ConfigDict) -> None:
     # 'bfloat16': matrix products and convolutions in bf16 with float32 accumulation, float32
     # parameters, optimizer state and losses (mixed precision); 'float32': everything in f32.
     config.dtype = "float32"
+    # float32 matrix products and convolutions: 'default' is XLA's choice per platform (TF32,
+    # 10-bit mantissas, on NVIDIA GPUs since Ampere; bf16 passes on TPUs; full f32 on CPUs);
+    # 'highest' asks for full float32 everywhere, 'high' for bf16x3 / TF32 where it differs.
+    config.matmul_precision = "default"
 
     # Likelihood p(x|z), summed over pixels: every figure is in nats per example.
     config.likelihood = "bernoulli"  # 'bernoulli' | 'gaussian' (fixed sigma) | 'gaussian_learned'
@@ -346,6 +351,7 @@ def _check_choices(config) -> None:
         ("lr_schedule", LR_SCHEDULES),
         ("activation", ACTIVATIONS),
         ("dtype", DTYPES),
+        ("matmul_precision", MATMUL_PRECISIONS),
         ("objective", registry.objective_names()),
         ("dae_corruption", DAE_CORRUPTIONS),
     ):

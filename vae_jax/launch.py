@@ -128,7 +128,9 @@ def lost_processes(log_text: str, index: str, num_processes: int | None) -> str 
         return "process 0, the coordinator, was lost"
     if re.search(r"Connection (?:closed|reset) by peer", log_text):
         if num_processes == 2 and index in ("0", "1"):
-            return f"process {1 - int(index)} was lost (its connection closed)"
+            peer = 1 - int(index)  # process 0 also runs the coordination service
+            who = "process 0, the coordinator," if peer == 0 else "process 1"
+            return f"{who} was lost (its connection closed)"
         return "a peer process was lost (its connection closed)"
     return None
 

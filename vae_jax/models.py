@@ -9,6 +9,7 @@ objective from an explicit key. This module knows nothing of losses.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -375,6 +376,16 @@ def build_conv(config, image_shape: tuple[int, int, int]) -> VAE:
         tuple(config.conv_features), config.conv_hidden, tuple(image_shape), activation, dtype
     )
     return VAE(encoder, decoder, config.likelihood, float(config.gaussian_scale))
+
+
+def matmul_precision(config: ml_collections.ConfigDict) -> contextlib.AbstractContextManager:
+    """The context every program of a run is traced in: `config.matmul_precision` for float32
+    matrix products and convolutions ('default', XLA's choice, leaves JAX's setting alone, so
+    programs and their cache entries stay as before the field existed)."""
+    precision = config.get("matmul_precision", "default")
+    if precision == "default":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(precision)
 
 
 def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> VAE:

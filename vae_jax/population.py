@@ -408,8 +408,9 @@ def train_population(
     """
     validate_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
-    job = build_job(config, eval_metrics=eval_metrics, on_epoch_end=on_epoch_end)
-    return loop.run(job, workdir, start_fresh=start_fresh, **loop_options)
+    with models.matmul_precision(config):
+        job = build_job(config, eval_metrics=eval_metrics, on_epoch_end=on_epoch_end)
+        return loop.run(job, workdir, start_fresh=start_fresh, **loop_options)
 
 
 def export_member(

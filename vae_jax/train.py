@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import jax
 import ml_collections
 
-from vae_jax import engine, evaluation, loop, parallel, rng, step_loops
+from vae_jax import engine, evaluation, loop, models, parallel, rng, step_loops
 from vae_jax import workdir as workdir_lib
 from vae_jax.config import validate_config
 from vae_jax.errors import ConfigError
@@ -175,5 +175,6 @@ def train_and_evaluate(
     """
     validate_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
-    job = build_job(config, eval_metrics=eval_metrics, on_epoch_end=on_epoch_end)
-    return loop.run(job, workdir, start_fresh=start_fresh, **loop_options)[0]
+    with models.matmul_precision(config):
+        job = build_job(config, eval_metrics=eval_metrics, on_epoch_end=on_epoch_end)
+        return loop.run(job, workdir, start_fresh=start_fresh, **loop_options)[0]

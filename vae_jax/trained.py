@@ -93,7 +93,16 @@ class TrainedModel:
             "_reconstruct": jax.jit(reconstruct),
         }
         for name, program in programs.items():
-            object.__setattr__(self, name, program)
+            object.__setattr__(self, name, self._at_precision(program))
+
+    def _at_precision(self, program):
+        """`program` traced at the precision the model was trained with (`matmul_precision`)."""
+
+        def call(*args):
+            with models.matmul_precision(self.config):
+                return program(*args)
+
+        return call
 
     def encode(self, x) -> tuple[jax.Array, jax.Array]:
         """Images (B, H, W, C) -> (mean, log_variance) of q(z|x), each (B, latents)."""
