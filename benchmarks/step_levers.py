@@ -4,8 +4,9 @@
 
   mlp    the default MLP's epoch (784-500-20, batch 128, 390 Adam steps, f32) as
          `step.make_train_epoch` compiles it: unmasked; masked for short calls by a branch per
-         step ('cond') or by keeping the old state ('select'), as `engine.EpochRunner` calls it
-         (`num_valid` traced, here a full epoch); and with `lax.scan` unrolled by 2, 5 and 10.
+         step ('cond'), by keeping the old state ('select') or by a branch per 32 steps and
+         selects inside ('chunks'), as `engine.EpochRunner` calls it (`num_valid` traced, here
+         a full epoch); and with `lax.scan` unrolled by 2, 5 and 10.
          On a GPU a branch reads its predicate back to the host each step and a scan's loop
          each iteration, which is latency the CPU does not have;
   conv   the dSprites network (experiments/beta_vae_dsprites.py on 64x64 images rendered on the
@@ -37,6 +38,7 @@ MLP_VARIANTS = {  # name: (masking or None for unmasked, unroll)
     "unmasked": (None, 1),
     "cond": ("cond", 1),
     "select": ("select", 1),
+    "chunks": ("chunks", 1),
     "unmasked_unroll2": (None, 2),
     "unmasked_unroll5": (None, 5),
     "unmasked_unroll10": (None, 10),

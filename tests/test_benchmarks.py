@@ -184,6 +184,7 @@ def test_step_levers_time_every_variant_and_equal_variants_agree(tmp_path):
         assert row["ms_per_50k_epoch"] == pytest.approx(50_000 / row["examples_per_second"] * 1e3)
     # A full call masked either way computes what the unmasked one does, bit for bit.
     assert mlp["unmasked"]["loss"] == mlp["cond"]["loss"] == mlp["select"]["loss"]
+    assert mlp["chunks"]["loss"] == mlp["unmasked"]["loss"]
     for name in ("unmasked_unroll2", "unmasked_unroll5", "unmasked_unroll10"):
         assert mlp[name]["loss"] == pytest.approx(mlp["unmasked"]["loss"], rel=1e-5)
     conv = {row["variant"]: row for row in report["conv"]}

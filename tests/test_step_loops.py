@@ -13,10 +13,16 @@ from vae_jax import step_loops, train
 class FakeRunner:
     """Seconds per step of each loop as given; counts the timed calls."""
 
-    def __init__(self, scan, host, steps_per_epoch=100):
+    def __init__(self, scan, host, steps_per_epoch=100, chunk=None):
         self.seconds = {"scan": scan, "host": host}
         self.steps_per_epoch, self.step_loop = steps_per_epoch, "auto"
         self.timed, self.forgotten = [], []
+        self.chunk = chunk  # the scan's masking granularity (a GPU's), None on a CPU
+
+    def timing_steps(self, num_steps):
+        if self.chunk is None:
+            return num_steps
+        return min(self.steps_per_epoch, -(-num_steps // self.chunk) * self.chunk)
 
     def time_steps(self, state, num_steps, step_loop):
         self.timed.append((step_loop, num_steps))
@@ -51,6 +57,16 @@ def test_measure_sizes_its_calls_from_the_host_step_and_skips_a_clear_second_tim
     assert [loop for loop, _ in fast.timed] == ["host", "host", "scan", "scan"]
     short_epochs = FakeRunner(scan=0.001, host=0.001, steps_per_epoch=3)
     assert step_loops.measure(short_epochs, state=None)["measured_steps"] == 3
+
+
+def test_measure_times_the_scan_in_whole_mask_chunks_where_masking_works_in_chunks():
+    # Off the CPU a 3-step call of an epoch-long scan computes a whole chunk of 32 steps: timing
+    # 3 would count 32 steps' time as 3, so the scan is timed for the chunk.
+    gpu = FakeRunner(scan=0.26, host=0.07, chunk=32)
+    record = step_loops.measure(gpu, state=None)
+    steps = record["measured_steps"]
+    assert gpu.timed == [("host", 2), ("host", steps), ("scan", 32)]
+    assert record["scan_measured_steps"] == 32
 
 
 def test_settle_takes_the_config_then_the_record_then_scans_old_checkpoints():

@@ -238,21 +238,26 @@ def test_bfloat16_on_a_cpu_without_bf16_units_warns_that_it_is_slower(
     assert said is warned, caplog.text
 
 
-@pytest.mark.parametrize("masking", ["cond", "select", "auto"])
+@pytest.mark.parametrize("masking", ["cond", "select", "chunks", "auto"])
 @pytest.mark.parametrize("unroll", [1, 2])
 def test_a_masked_short_call_equals_the_shorter_program_bit_for_bit(masking, unroll):
-    # 5 of a 7-step program's steps, against a 5-step program: the same state, bit for bit,
-    # the same metrics for the 5 steps and zeros for the 2 masked ones.
+    # 5 and 3 of a 7-step program's steps, against 5- and 3-step programs: the same state, bit
+    # for bit, the same metrics for those steps and zeros for the masked ones. In chunks of 3,
+    # 5 steps are one whole chunk, one with a masked step and one skipped (two of its steps
+    # past the program's 7); 3 steps end on a chunk's end.
     model, state, step, images = _setup(num_images=256)
-    masked = jax.jit(make_train_epoch(step, 32, 8, 7, unroll=unroll, masking=masking))
-    short = jax.jit(make_train_epoch(step, 32, 8, 5))
-    masked_state, masked_metrics = masked(state, images, np.int32(5))
-    short_state, short_metrics = short(state, images)
-    assert int(masked_state.step) == 5
-    for a, b in zip(jax.tree.leaves(masked_state), jax.tree.leaves(short_state), strict=True):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(a, b)
-    for name, values in masked_metrics.items():
-        np.testing.assert_array_equal(values[:5], short_metrics[name])
-        np.testing.assert_array_equal(values[5:], 0)
+    epoch = make_train_epoch(step, 32, 8, 7, unroll=unroll, masking=masking, mask_chunk=3)
+    masked = jax.jit(epoch)
+    for valid in (5, 3):
+        short = jax.jit(make_train_epoch(step, 32, 8, valid))
+        masked_state, masked_metrics = masked(state, images, np.int32(valid))
+        short_state, short_metrics = short(state, images)
+        assert int(masked_state.step) == valid
+        for a, b in zip(jax.tree.leaves(masked_state), jax.tree.leaves(short_state), strict=True):
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_array_equal(a, b)
+        for name, values in masked_metrics.items():
+            assert values.shape[0] == 7
+            np.testing.assert_array_equal(values[:valid], short_metrics[name])
+            np.testing.assert_array_equal(values[valid:], 0)

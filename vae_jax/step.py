@@ -180,12 +180,21 @@ def make_train_step(
     return train_step
 
 
-def _masked(update: Callable, num_valid, masking: str) -> Callable:
-    """`update(state, offset)` for a scan whose steps from `num_valid` on leave the state as is
-    and give zero metrics. 'cond' branches and skips their work; 'select' does the work and
-    keeps the old state. A GPU reads a branch's predicate back to the host every step (10 ms of
-    a 35 ms epoch of the default MLP on an H200), so 'auto' selects there; the CPU branches,
-    which spares it writing the whole state twice (docs/performance.md, "The masked step")."""
+# Steps per branch of 'chunks' masking: a GPU reads one predicate per chunk back to the host
+# (about 25 us each on an H200), and a short call computes at most MASK_CHUNK - 1 extra steps.
+MASK_CHUNK = 32
+
+
+def _masked_scan(update, state, num_steps, num_valid, masking, unroll, chunk=MASK_CHUNK):
+    """`lax.scan` of `update(state, offset)` over offsets 0..num_steps-1 where the steps from
+    `num_valid` on leave the state as is and give zero metrics.
+
+    'cond' branches per step and skips the work; 'select' does every step's work and keeps the
+    old state; 'chunks' branches per `chunk` steps and selects inside a chunk. A GPU reads each
+    branch's predicate back to the host (per step: 10 ms of a 35 ms epoch of the default MLP on
+    an H200), while 'select' makes a 2-step call of an epoch-long program cost the epoch; so
+    'auto' takes chunks off the CPU and branches per step on it, where selecting the whole
+    state is the dearer (docs/performance.md, "The masked step")."""
 
     def by_cond(state, offset):
         metrics = jax.eval_shape(update, state, offset)[1]
@@ -198,13 +207,28 @@ def _masked(update: Callable, num_valid, masking: str) -> Callable:
         zeros = jax.tree.map(jnp.zeros_like, metrics)
         return jax.tree.map(keep, new_state, state), jax.tree.map(keep, metrics, zeros)
 
-    if masking == "cond":
-        return by_cond
-    if masking == "select":
-        return by_select
-    return lambda state, offset: jax.lax.platform_dependent(
-        state, offset, cpu=by_cond, default=by_select
-    )
+    def per_step(body):
+        return lambda state: jax.lax.scan(body, state, jnp.arange(num_steps), unroll=unroll)
+
+    def by_chunks(state):
+        size = min(chunk, num_steps)
+        offsets = jnp.arange(-(-num_steps // size) * size).reshape(-1, size)
+
+        def run(state, offsets):
+            return jax.lax.scan(by_select, state, offsets, unroll=unroll)
+
+        def one_chunk(state, offsets):
+            metrics = jax.eval_shape(run, state, offsets)[1]
+            skip = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+            return jax.lax.cond(offsets[0] < num_valid, run, lambda s, _: (s, skip), state, offsets)
+
+        state, metrics = jax.lax.scan(one_chunk, state, offsets)
+        return state, jax.tree.map(lambda m: m.reshape(-1, *m.shape[2:])[:num_steps], metrics)
+
+    scans = {"cond": per_step(by_cond), "select": per_step(by_select), "chunks": by_chunks}
+    if masking != "auto":
+        return scans[masking](state)
+    return jax.lax.platform_dependent(state, cpu=scans["cond"], default=scans["chunks"])
 
 
 def make_train_epoch(
@@ -216,6 +240,7 @@ def make_train_epoch(
     *,
     unroll: int = 1,
     masking: str = "auto",
+    mask_chunk: int = MASK_CHUNK,
 ):
     """Runs `num_steps` updates of one epoch as a single `lax.scan`.
 
@@ -227,11 +252,11 @@ def make_train_epoch(
     With `batch_sharding`, each gathered batch is split over the devices (data parallelism).
     Given `num_valid` (a traced count), only the first `num_valid` steps update the state and
     the rest return zero metrics, so one program serves every call up to `num_steps` long.
-    `masking` says how (`_masked`): 'cond', 'select', or 'auto' for the faster on each platform.
-    `unroll` is `lax.scan`'s: steps per loop iteration.
+    `masking` says how (`_masked_scan`): 'cond', 'select', 'chunks' (of `mask_chunk` steps), or
+    'auto' for the fastest on each platform. `unroll` is `lax.scan`'s: steps per iteration.
     """
-    if masking not in ("auto", "cond", "select"):
-        raise ValueError(f"masking={masking!r}: expected 'auto', 'cond' or 'select'")
+    if masking not in ("auto", "cond", "select", "chunks"):
+        raise ValueError(f"masking={masking!r}: expected 'auto', 'cond', 'select' or 'chunks'")
 
     def train_epoch(state: TrainState, images: jax.Array, num_valid=None):
         epoch = state.step // steps_per_epoch
@@ -247,8 +272,9 @@ def make_train_epoch(
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return train_step(state, batch)
 
-        body = update if num_valid is None else _masked(update, num_valid, masking)
-        return jax.lax.scan(body, state, jnp.arange(num_steps), unroll=unroll)
+        if num_valid is None:
+            return jax.lax.scan(update, state, jnp.arange(num_steps), unroll=unroll)
+        return _masked_scan(update, state, num_steps, num_valid, masking, unroll, mask_chunk)
 
     return train_epoch
 
