@@ -89,11 +89,10 @@ def timed_rows(variants: dict, repeats: int, per_call_examples: int) -> list[dic
     return rows
 
 
-def measure_mlp(steps: int, repeats: int) -> list[dict]:
+def measure_mlp(steps: int, repeats: int, names) -> list[dict]:
     images = jax.device_put(data.load_binarized_mnist().split("train"))
     variants = {
-        name: prepare("mlp", 128, "float32", images, steps, masking, unroll)
-        for name, (masking, unroll) in MLP_VARIANTS.items()
+        name: prepare("mlp", 128, "float32", images, steps, *MLP_VARIANTS[name]) for name in names
     }
     rows = timed_rows(variants, repeats, steps * 128)
     for row in rows:
@@ -117,6 +116,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="mlp,conv", help="mlp and/or conv")
     parser.add_argument("--mlp_steps", type=int, default=390)
+    parser.add_argument(
+        "--mlp_variants", default=",".join(MLP_VARIANTS), help="which of " + ",".join(MLP_VARIANTS)
+    )
     parser.add_argument("--conv_batch_size", type=int, default=4096 if on_accelerator else 32)
     parser.add_argument("--conv_images", type=int, default=49_152 if on_accelerator else 128)
     parser.add_argument("--conv_dtypes", default="bfloat16,float32")
@@ -128,6 +130,9 @@ def main(argv=None) -> dict:
         parser.error(f"--parts={args.parts}: expected mlp and/or conv")
     if not 1 <= args.conv_batch_size <= args.conv_images:
         parser.error(f"--conv_batch_size={args.conv_batch_size} must be in [1, --conv_images]")
+    variants = args.mlp_variants.split(",")
+    if not set(variants) <= set(MLP_VARIANTS):
+        parser.error(f"--mlp_variants={args.mlp_variants}: expected some of {list(MLP_VARIANTS)}")
     if not 1 <= args.mlp_steps <= 390:
         parser.error(f"--mlp_steps={args.mlp_steps} must be in [1, 390]")
     if not set(args.conv_dtypes.split(",")) <= {"bfloat16", "float32"}:
@@ -140,7 +145,7 @@ def main(argv=None) -> dict:
         parser.error(f"--output={args.output}: its folder cannot be created ({error.strerror})")
     report = {"environment": accelerator.environment(), "xla_flags": os.environ.get("XLA_FLAGS")}
     if "mlp" in parts:
-        report["mlp"] = measure_mlp(args.mlp_steps, args.repeats)
+        report["mlp"] = measure_mlp(args.mlp_steps, args.repeats, variants)
     if "conv" in parts:
         report["conv"] = measure_conv(
             args.conv_batch_size, args.conv_images, args.conv_dtypes.split(","), args.repeats

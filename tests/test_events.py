@@ -1,11 +1,14 @@
 """TensorBoard event files: one clean curve whatever the stops and resumes (events.py)."""
 
+import errno
 import glob
 import json
+import logging
 import os
 import shutil
 import struct
 
+import tensorboardX
 from conftest import small_config
 from tensorboardX.proto import event_pb2
 
@@ -104,3 +107,18 @@ def test_the_evaluations_figures_join_the_runs_curves_and_survive_a_rebuild(tmp_
     rebuilt, _ = read_points(directory)
     assert {t for t, _, _ in rebuilt if t.startswith("eval/")} == set(evaluated)
     assert [s for t, s, _ in rebuilt if t == "test/elbo"] == [8, 16]
+
+
+def test_closing_on_a_full_disk_logs_instead_of_raising(tmp_path, monkeypatch, caplog):
+    # A run that fails for a full disk closes its event files on the way out; their last flush
+    # fails too, and must not replace the run's one error line with a traceback.
+    log = events.EventLog(str(tmp_path / "tensorboard"), {"beta": 1.0}, None)
+    log.add({"epoch": 1, "step": 8, "train_elbo": -100.0})
+
+    def full_disk(writer):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tensorboardX.SummaryWriter, "close", full_disk)
+    with caplog.at_level(logging.WARNING):
+        log.close()
+    assert "not flushed when closed: [Errno 28] No space left on device" in caplog.text

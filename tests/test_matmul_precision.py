@@ -40,8 +40,8 @@ def test_a_mistyped_precision_is_refused_with_the_closest_choice():
         validate_config(small_config(matmul_precision="hihgest"))
 
 
-@pytest.mark.parametrize("precision", ["highest", "default"])
-def test_training_evaluation_and_loading_run_at_the_configured_precision(tmp_path, precision):
+def test_training_evaluation_and_loading_run_at_the_configured_precision(tmp_path):
+    precision = "highest"
     seen = []
 
     def hook(record, state):
@@ -49,7 +49,7 @@ def test_training_evaluation_and_loading_run_at_the_configured_precision(tmp_pat
 
     config = small_config(num_epochs=1, matmul_precision=precision)
     train.train_and_evaluate(config, str(tmp_path), on_epoch_end=hook)
-    assert seen == [None if precision == "default" else precision]
+    assert seen == [precision]
     result = evaluate.evaluate_workdir(str(tmp_path), iwae_samples=2, max_examples=50, draw=False)
     assert result["matmul_precision"] == precision
     assert json.loads((tmp_path / "eval.json").read_text())["matmul_precision"] == precision

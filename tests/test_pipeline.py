@@ -35,6 +35,17 @@ def test_loader_chunks_cover_the_epoch_in_order():
     np.testing.assert_array_equal(np.concatenate(chunks).ravel(), order[8:48])
 
 
+def test_padded_chunks_have_one_shape_and_zeros_after_the_valid_steps():
+    records = np.arange(1, 51, dtype=np.int32).reshape(50, 1)  # no zero among the records
+    key = jax.random.key(0)
+    loader = stream.StreamingLoader(records, 4, 12, key, chunk_steps=5, pad_chunks=True)
+    chunks = [np.asarray(c) for c in loader.epoch(12 + 5, 7)]  # 7 steps: chunks of 5 and 2
+    assert [c.shape for c in chunks] == [(5, 4, 1), (5, 4, 1)]
+    order = stream.epoch_order(key, 1, 50)
+    np.testing.assert_array_equal(np.concatenate(chunks)[:7].ravel(), records[order[20:48], 0])
+    assert not chunks[1][2:].any()  # three zero batches of padding
+
+
 def _whole_epoch(loader):
     return np.concatenate([np.asarray(chunk) for chunk in loader.epoch(0, 8)])
 

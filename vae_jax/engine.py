@@ -176,17 +176,18 @@ class EpochRunner:
             # Small data: a full copy on every device; each device gathers its part of a batch.
             self.train_on_device = parallel.put_replicated(train_records, self.mesh)
         else:
+            self.chunk_steps = min(chunk_steps, steps_per_epoch)  # a chunk stays in its epoch
             self.loader = stream.StreamingLoader(
                 train_records,
                 batch_size,
                 steps_per_epoch,
                 shuffle_key,
-                chunk_steps,
+                self.chunk_steps,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
                 place=lambda chunk: parallel.put_process_batches(chunk, self.mesh, 1),
+                pad_chunks=True,
             )
-            self.chunk_steps = chunk_steps
 
     def example_input(self, num_steps: int):
         """What a call of `num_steps` steps takes besides the state: the split on the device,
@@ -194,7 +195,7 @@ class EpochRunner:
         if self.pipeline == "device":
             return self.train_on_device
         shape, dtype = self.record_spec
-        zeros = np.zeros((num_steps, self.batch_size, *shape), dtype)
+        zeros = np.zeros((self.scan_length(num_steps), self.batch_size, *shape), dtype)
         return parallel.put_process_batches(zeros, self.mesh, 1)
 
     def time_steps(self, state, num_steps: int, step_loop: str) -> float:
@@ -224,9 +225,12 @@ class EpochRunner:
     def scan_length(self, num_steps: int) -> int:
         """How many steps the scan that runs a call of `num_steps` is compiled for: on the
         device, every call up to `call_steps` runs in that one program, its extra steps masked,
-        so an epoch's remainder or a resumed epoch's first call compiles nothing more."""
+        so an epoch's remainder or a resumed epoch's first call compiles nothing more; when
+        streaming, every chunk is `chunk_steps` long (the loader pads the shorter ones)."""
         if self.pipeline == "device" and self.call_steps and num_steps <= self.call_steps:
             return self.call_steps
+        if self.pipeline == "stream" and num_steps <= self.chunk_steps:
+            return self.chunk_steps
         return num_steps
 
     def program(self, state, num_steps: int, step_loop: str | None = None):
@@ -248,11 +252,9 @@ class EpochRunner:
                 time.perf_counter() - started,
             )
         program = self._programs[key]
-        if step_loop == "host" and self.pipeline == "device":
+        if step_loop == "host":
             return functools.partial(program, num_steps=num_steps)
-        if step_loop == "scan" and self.pipeline == "device":
-            return lambda state, images: program(state, images, np.int32(num_steps))
-        return program
+        return lambda state, inputs: program(state, inputs, np.int32(num_steps))
 
     def _compile(self, state, num_steps: int, step_loop: str):
         if self.pipeline == "device":
@@ -275,11 +277,9 @@ class EpochRunner:
                 dtype,
                 sharding=parallel.batch_sharding(self.mesh, leading_axes=1),
             )
-        if step_loop == "scan" and self.pipeline == "device":
+        if step_loop == "scan":
             lowered = jax.jit(fn, donate_argnums=0).lower(state, example, np.int32(num_steps))
             return lowered.compile()
-        if step_loop == "scan":
-            return jax.jit(fn, donate_argnums=0).lower(state, example).compile()
         return fn(state, example)
 
     def prepare(self, state, first_step: int, num_steps: int) -> None:
@@ -299,11 +299,13 @@ class EpochRunner:
         if self.pipeline == "device":
             state, step_metrics = self.program(state, num_steps)(state, self.train_on_device)
             return state, {k: v[:num_steps] for k, v in jax.device_get(step_metrics).items()}
-        chunks = []
+        chunks, done = [], 0
         for batches in self.loader.epoch(first_step, num_steps):
-            state, chunk_metrics = self.program(state, batches.shape[0])(state, batches)
-            chunks.append(chunk_metrics)
+            valid = min(self.chunk_steps, num_steps - done)  # the rest of a chunk is padding
+            state, chunk_metrics = self.program(state, valid)(state, batches)
+            chunks.append((chunk_metrics, valid))
+            done += valid
             if should_stop():
                 break
-        chunks = jax.device_get(chunks)
-        return state, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        chunks = [(jax.device_get(metrics), valid) for metrics, valid in chunks]
+        return state, {k: np.concatenate([m[k][:v] for m, v in chunks]) for k in chunks[0][0]}

@@ -19,6 +19,7 @@ import os
 import secrets
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 __all__ = ["EVENTS_DIR", "EventLog", "scalar_tag", "hparams"]
@@ -126,4 +127,9 @@ class EventLog:
         self._hparams_written = True
 
     def close(self) -> None:
-        self._writer.close()
+        """Closes the files. A last flush that fails (a full disk) is logged, not raised over
+        the run's own error: the next start rebuilds the event files from metrics.jsonl."""
+        try:
+            self._writer.close()
+        except OSError as error:
+            logging.warning("TensorBoard event files not flushed when closed: %s", error)

@@ -329,9 +329,9 @@ def make_host_loop_chunk(train_step: Callable):
         example = jax.ShapeDtypeStruct(batches.shape[1:], batches.dtype)
         step_program = jax.jit(train_step, donate_argnums=0).lower(state, example).compile()
 
-        def run(state, batches):
+        def run(state, batches, num_steps=None):  # the first num_steps of a padded chunk
             metrics = []
-            for index in range(batches.shape[0]):
+            for index in range(batches.shape[0] if num_steps is None else num_steps):
                 state, step_metrics = step_program(state, batches[index])
                 metrics.append(step_metrics)
             return state, jax.tree.map(lambda *values: jnp.stack(values), *metrics)
@@ -341,11 +341,19 @@ def make_host_loop_chunk(train_step: Callable):
     return compile_programs
 
 
-def make_train_chunk(train_step: Callable):
-    """Streaming: `train_chunk(state, batches) -> (state, per-step metrics)` scans the step over
-    (num_steps, B, ...) batches that the host gathered in the epoch's order."""
+def make_train_chunk(train_step: Callable, masking: str = "auto"):
+    """Streaming: `train_chunk(state, batches, num_valid=None) -> (state, per-step metrics)`
+    scans the step over (num_steps, B, ...) batches that the host gathered in the epoch's order.
+    Given `num_valid` (traced), the steps from it on are masked as in `make_train_epoch`: the
+    loader pads a shorter chunk, and one program serves every chunk."""
 
-    def train_chunk(state: TrainState, batches: jax.Array):
-        return jax.lax.scan(train_step, state, batches)
+    def train_chunk(state: TrainState, batches: jax.Array, num_valid=None):
+        if num_valid is None:
+            return jax.lax.scan(train_step, state, batches)
+
+        def update(state, offset):
+            return train_step(state, batches[offset])
+
+        return _masked_scan(update, state, batches.shape[0], num_valid, masking, 1)
 
     return train_chunk

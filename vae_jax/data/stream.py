@@ -46,6 +46,9 @@ class StreamingLoader:
         feed the same global batches as one process would.
       place: host chunk -> device array (default: `jax.device_put`; training passes one that
         assembles the global array split over the devices of every process).
+      pad_chunks: fill a shorter chunk (an epoch's remainder, a resumed epoch's first) with
+        zero batches up to `chunk_steps`, so that every chunk has one shape and the training
+        program that masks the extra steps compiles once.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class StreamingLoader:
         process_index: int = 0,
         process_count: int = 1,
         place=jax.device_put,
+        pad_chunks: bool = False,
     ):
         if batch_size % process_count:
             raise ValueError(
@@ -73,6 +77,7 @@ class StreamingLoader:
         self.process_index = process_index
         self.process_count = process_count
         self.place = place
+        self.pad_chunks = pad_chunks
 
     def _chunks(self, first_step: int, num_steps: int) -> Iterator[np.ndarray]:
         epoch, first_batch = divmod(first_step, self.steps_per_epoch)
@@ -85,7 +90,11 @@ class StreamingLoader:
             share = self.batch_size // self.process_count
             first = self.process_index * share
             batches = _take(self.records, global_batches[:, first : first + share].ravel())
-            yield batches.reshape((stop - start, share, *batches.shape[1:]))
+            batches = batches.reshape((stop - start, share, *batches.shape[1:]))
+            if self.pad_chunks and stop - start < self.chunk_steps:
+                padding = np.zeros((self.chunk_steps - (stop - start), *batches.shape[1:]))
+                batches = np.concatenate([batches, padding.astype(batches.dtype)])
+            yield batches
 
     def epoch(self, first_step: int, num_steps: int) -> Iterator[jax.Array]:
         """The chunks of steps [first_step, first_step + num_steps), all within one epoch, as
