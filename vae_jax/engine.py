@@ -307,5 +307,6 @@ class EpochRunner:
             done += valid
             if should_stop():
                 break
-        chunks = [(jax.device_get(metrics), valid) for metrics, valid in chunks]
-        return state, {k: np.concatenate([m[k][:v] for m, v in chunks]) for k in chunks[0][0]}
+        fetched = jax.device_get([metrics for metrics, _ in chunks])
+        parts = [(m, valid) for m, (_, valid) in zip(fetched, chunks)]
+        return state, {k: np.concatenate([m[k][:v] for m, v in parts]) for k in fetched[0]}
