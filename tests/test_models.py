@@ -89,9 +89,10 @@ def _with_cpu_forms(forms: str):
 
 
 @pytest.mark.parametrize(
-    "cpu_forms", ["cpu", "phase", "native"], ids=["cpu-forms", "autodiff", "native"]
+    "cpu_forms, transposed",
+    [("cpu", False), ("phase", False), ("cpu", True), ("phase", True), ("native", True)],
+    ids=["conv-cpu-forms", "conv-autodiff", "transpose-cpu-forms", "transpose-autodiff", "native"],
 )
-@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv-transpose"])
 @pytest.mark.parametrize("shape, features", CONV_CASES)
 def test_stride_2_convolutions_equal_flax_layers_with_gradients(
     shape, features, transposed, cpu_forms

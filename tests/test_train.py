@@ -15,7 +15,13 @@ from vae_jax import data, models, objectives, train
 from vae_jax.evaluation import make_evaluate, pad_to_multiple
 from vae_jax.optim import build_optimizer
 from vae_jax.rng import SHUFFLE_STREAM, stream_key
-from vae_jax.step import TrainState, create_train_state, make_train_epoch, make_train_step
+from vae_jax.step import (
+    TrainState,
+    create_train_state,
+    make_train_epoch,
+    make_train_step,
+    masks_in_chunks,
+)
 
 
 def test_same_seed_same_run_and_another_seed_another(make_config, tmp_path):
@@ -238,9 +244,7 @@ def test_bfloat16_on_a_cpu_without_bf16_units_warns_that_it_is_slower(
     assert said is warned, caplog.text
 
 
-@pytest.mark.parametrize(
-    "masking, unroll", [("cond", 1), ("select", 1), ("chunks", 1), ("auto", 1), ("chunks", 2)]
-)
+@pytest.mark.parametrize("masking, unroll", [("cond", 1), ("select", 1), ("chunks", 2)])
 def test_a_masked_short_call_equals_the_shorter_program_bit_for_bit(masking, unroll):
     # 5 and 3 of a 7-step program's steps, against 5- and 3-step programs: the same state, bit
     # for bit, the same metrics for those steps and zeros for the masked ones. In chunks of 3,
@@ -262,3 +266,19 @@ def test_a_masked_short_call_equals_the_shorter_program_bit_for_bit(masking, unr
             assert values.shape[0] == 7
             np.testing.assert_array_equal(values[:valid], short_metrics[name])
             np.testing.assert_array_equal(values[valid:], 0)
+
+
+def test_auto_masking_branches_per_step_on_cpus_and_tpus_and_in_chunks_on_gpus():
+    assert not masks_in_chunks("cpu") and not masks_in_chunks("tpu")
+    assert masks_in_chunks("gpu") and masks_in_chunks("cuda") and masks_in_chunks("rocm")
+    # The CPU's compiled 'auto' program is the per-step branch's: the platform choice leaves
+    # nothing of the chunked form behind (no more selects, no second conditional).
+    _, state, step, images = _setup(num_images=128)
+
+    def compiled(masking):
+        epoch = make_train_epoch(step, 32, 4, 4, masking=masking)
+        return jax.jit(epoch).lower(state, images, np.int32(3)).compile().as_text()
+
+    auto, cond = compiled("auto"), compiled("cond")
+    for op in ("conditional(", " select("):
+        assert auto.count(op) == cond.count(op) > 0

@@ -27,6 +27,7 @@ from vae_jax.step import (
     make_host_loop_epoch,
     make_train_chunk,
     make_train_epoch,
+    masks_in_chunks,
 )
 
 __all__ = [
@@ -210,11 +211,11 @@ class EpochRunner:
         return (time.perf_counter() - started) / num_steps
 
     def timing_steps(self, num_steps: int) -> int:
-        """A scanned call of about `num_steps` steps that computes no masked steps: off the CPU
+        """A scanned call of about `num_steps` steps that computes no masked steps: on a GPU
         a call's masking works in whole chunks of MASK_CHUNK steps (`step._masked_scan`), so a
         shorter call would be timed for the chunk's steps and counted for fewer."""
         length = self.scan_length(num_steps)
-        if length == num_steps or self.mesh.devices.flat[0].platform == "cpu":
+        if length == num_steps or not masks_in_chunks(self.mesh.devices.flat[0].platform):
             return num_steps
         return min(length, -(-num_steps // MASK_CHUNK) * MASK_CHUNK)
 

@@ -33,6 +33,8 @@ __all__ = [
     "make_train_chunk",
     "make_host_loop_epoch",
     "make_host_loop_chunk",
+    "masks_in_chunks",
+    "MASK_CHUNK",
 ]
 
 
@@ -193,8 +195,9 @@ def _masked_scan(update, state, num_steps, num_valid, masking, unroll, chunk=MAS
     old state; 'chunks' branches per `chunk` steps and selects inside a chunk. A GPU reads each
     branch's predicate back to the host (per step: 10 ms of a 35 ms epoch of the default MLP on
     an H200), while 'select' makes a 2-step call of an epoch-long program cost the epoch; so
-    'auto' takes chunks off the CPU and branches per step on it, where selecting the whole
-    state is the dearer (docs/performance.md, "The masked step")."""
+    'auto' takes chunks on GPUs and branches per step on CPUs, where selecting the whole state
+    is the dearer, and on TPUs, which branch on the device (docs/performance.md, "The masked
+    step")."""
 
     def by_cond(state, offset):
         metrics = jax.eval_shape(update, state, offset)[1]
@@ -228,7 +231,15 @@ def _masked_scan(update, state, num_steps, num_valid, masking, unroll, chunk=MAS
     scans = {"cond": per_step(by_cond), "select": per_step(by_select), "chunks": by_chunks}
     if masking != "auto":
         return scans[masking](state)
-    return jax.lax.platform_dependent(state, cpu=scans["cond"], default=scans["chunks"])
+    return jax.lax.platform_dependent(
+        state, cpu=scans["cond"], tpu=scans["cond"], default=scans["chunks"]
+    )
+
+
+def masks_in_chunks(platform: str) -> bool:
+    """Whether masking='auto' masks in chunks of MASK_CHUNK steps on `platform` (a GPU), or per
+    step (a CPU, and a TPU, whose branches run on the device without a read-back)."""
+    return platform not in ("cpu", "tpu")
 
 
 def make_train_epoch(
