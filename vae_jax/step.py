@@ -199,10 +199,14 @@ def _masked_scan(update, state, num_steps, num_valid, masking, unroll, chunk=MAS
     is the dearer, and on TPUs, which branch on the device (docs/performance.md, "The masked
     step")."""
 
-    def by_cond(state, offset):
-        metrics = jax.eval_shape(update, state, offset)[1]
+    def unless_past_valid(run, state, offsets):  # run(state, offsets) or the state kept
+        metrics = jax.eval_shape(run, state, offsets)[1]
         skip = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
-        return jax.lax.cond(offset < num_valid, update, lambda s, _: (s, skip), state, offset)
+        first = offsets if offsets.ndim == 0 else offsets[0]
+        return jax.lax.cond(first < num_valid, run, lambda s, _: (s, skip), state, offsets)
+
+    def by_cond(state, offset):
+        return unless_past_valid(update, state, offset)
 
     def by_select(state, offset):
         new_state, metrics = update(state, offset)
@@ -220,12 +224,7 @@ def _masked_scan(update, state, num_steps, num_valid, masking, unroll, chunk=MAS
         def run(state, offsets):
             return jax.lax.scan(by_select, state, offsets, unroll=unroll)
 
-        def one_chunk(state, offsets):
-            metrics = jax.eval_shape(run, state, offsets)[1]
-            skip = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
-            return jax.lax.cond(offsets[0] < num_valid, run, lambda s, _: (s, skip), state, offsets)
-
-        state, metrics = jax.lax.scan(one_chunk, state, offsets)
+        state, metrics = jax.lax.scan(functools.partial(unless_past_valid, run), state, offsets)
         return state, jax.tree.map(lambda m: m.reshape(-1, *m.shape[2:])[:num_steps], metrics)
 
     scans = {"cond": per_step(by_cond), "select": per_step(by_select), "chunks": by_chunks}
