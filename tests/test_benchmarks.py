@@ -189,50 +189,55 @@ def test_step_levers_time_every_variant_and_equal_variants_agree(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    "command, flags, message",
     [
-        (["--parts", "mlp,gpu"], "--parts=mlp,gpu: expected mlp and/or conv"),
-        (["--mlp_variants", "cond,fast"], "--mlp_variants=cond,fast: expected some of"),
-        (["--conv_dtypes", "fp8"], "--conv_dtypes=fp8: expected bfloat16"),
-        (["--conv_batch_size", "0"], "--conv_batch_size=0 must be in [1, --conv_images]"),
-        (["--repeats", "0"], "--repeats=0 must be at least 1"),
-    ],
-)
-def test_step_levers_reject_bad_flags_before_any_work(flags, message, capsys, monkeypatch):
-    def no_work(*args, **kwargs):
-        raise AssertionError("work started before the flags were checked")
-
-    monkeypatch.setattr(step_levers.accelerator, "environment", no_work)
-    with pytest.raises(SystemExit):
-        step_levers.main(flags)
-    assert message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
+        (step_levers, ["--parts", "mlp,gpu"], "--parts=mlp,gpu: expected mlp and/or conv"),
         (
+            step_levers,
+            ["--mlp_variants", "cond,fast"],
+            "--mlp_variants=cond,fast: expected some of",
+        ),
+        (step_levers, ["--conv_dtypes", "fp8"], "--conv_dtypes=fp8: expected bfloat16"),
+        (
+            step_levers,
+            ["--conv_batch_size", "0"],
+            "--conv_batch_size=0 must be in [1, --conv_images]",
+        ),
+        (step_levers, ["--repeats", "0"], "--repeats=0 must be at least 1"),
+        (
+            accelerator,
             ["--conv_images", "32", "--conv_batch_sizes", "16,64"],
             "--conv_batch_sizes=16,64: each must be in [1, --conv_images=32]",
         ),
-        (["--conv_dtypes", "bfloat16,fp8"], "--conv_dtypes=bfloat16,fp8: expected bfloat16"),
-        (["--mlp_steps", "391"], "--mlp_steps=391 must be in [1, 390]"),
-        (["--conv_batch_sizes", "1024,4k"], "--conv_batch_sizes=1024,4k: expected integers"),
-        (["--repeats", "0"], "--repeats=0 must be at least 1"),
-        (["--peak_size", "0"], "--peak_size=0 must be at least 1"),
         (
+            accelerator,
+            ["--conv_dtypes", "bfloat16,fp8"],
+            "--conv_dtypes=bfloat16,fp8: expected bfloat16",
+        ),
+        (accelerator, ["--mlp_steps", "391"], "--mlp_steps=391 must be in [1, 390]"),
+        (
+            accelerator,
+            ["--conv_batch_sizes", "1024,4k"],
+            "--conv_batch_sizes=1024,4k: expected integers",
+        ),
+        (accelerator, ["--repeats", "0"], "--repeats=0 must be at least 1"),
+        (accelerator, ["--peak_size", "0"], "--peak_size=0 must be at least 1"),
+        (
+            accelerator,
             ["--output", "/proc/no/such/report.json"],
             "--output=/proc/no/such/report.json: its folder",
         ),
     ],
 )
-def test_accelerator_check_rejects_bad_flags_before_any_work(flags, message, capsys, monkeypatch):
+def test_benchmark_commands_reject_bad_flags_before_any_work(
+    command, flags, message, capsys, monkeypatch
+):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the flags were checked")
 
-    monkeypatch.setattr(accelerator, "environment", no_work)
+    monkeypatch.setattr(accelerator, "environment", no_work)  # step_levers reports it too
     with pytest.raises(SystemExit):
-        accelerator.main(flags)
+        command.main(flags)
     assert message in capsys.readouterr().err
 
 
