@@ -184,27 +184,38 @@ class _AboveProgressBar:
         """sys.stderr stays open: logging closes its handlers' streams at exit."""
 
 
-def _ignore_closed_event_loop(unraisable) -> None:
+def _quiet_unraisable(unraisable) -> None:
     """After a failed Orbax restore, TensorStore's pending callbacks still try to reach the closed
-    asyncio loop, and each would print a traceback under the clear error message. Drop exactly
-    those; everything else goes to Python's default hook."""
+    asyncio loop, and each would print a traceback under the clear error message: dropped. On a
+    full disk tensorboardX's exit hook flushes its event file once more and fails again: logged
+    to log.txt. Everything else goes to Python's default hook."""
     error = unraisable.exc_value
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    in_writer = f"{os.sep}tensorboardX{os.sep}" in _files(unraisable.exc_traceback)
+    if isinstance(error, OSError) and in_writer:
+        std_logging.getLogger("vae_jax.details").warning("TensorBoard at exit: %s", error)
         return
     sys.__unraisablehook__(unraisable)
 
 
+def _files(trace) -> str:
+    """The source files of a traceback's frames, one per line."""
+    names = []
+    while trace is not None:
+        names.append(trace.tb_frame.f_code.co_filename)
+        trace = trace.tb_next
+    return "\n".join(names)
+
+
 def _library_thread_excepthook(args) -> None:
     """An exception that ends one of Orbax's background threads (a save that hit a full disk) is
-    re-raised to the main thread by Orbax itself; its traceback goes to the log, not the
-    terminal. Other threads' exceptions print as usual."""
-    frames = []
-    trace = args.exc_traceback
-    while trace is not None:
-        frames.append(trace.tb_frame.f_code.co_filename)
-        trace = trace.tb_next
-    if any(f"{os.sep}orbax{os.sep}" in name for name in frames):
-        std_logging.getLogger("orbax").error(
+    re-raised to the main thread by Orbax itself, and tensorboardX's writer thread fails at exit
+    after a full disk stopped its file: their tracebacks go to the log, not the terminal. Other
+    threads' exceptions print as usual."""
+    files = _files(args.exc_traceback)
+    if any(f"{os.sep}{library}{os.sep}" in files for library in ("orbax", "tensorboardX")):
+        std_logging.getLogger("vae_jax.details").error(
             "Background thread %s failed",
             getattr(args.thread, "name", "?"),
             exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
@@ -216,7 +227,7 @@ def _library_thread_excepthook(args) -> None:
 def quiet_library_logs() -> None:
     """Keeps a command's terminal output to its own lines (see the module docstring), and prints
     log lines above the progress bar."""
-    sys.unraisablehook = _ignore_closed_event_loop
+    sys.unraisablehook = _quiet_unraisable
     threading.excepthook = _library_thread_excepthook
     handler = logging.get_absl_handler()
     handler.addFilter(_TerminalFilter())

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import secrets
 
 import numpy as np
-from absl import logging
 from PIL import Image
 
 __all__ = ["EVENTS_DIR", "EventLog", "scalar_tag", "hparams"]
+
+# checkpoint.DETAILS: details of failures the run reports in one line, kept in log.txt.
+_DETAILS = logging.getLogger("vae_jax.details")
 
 EVENTS_DIR = "tensorboard"
 PICTURES = ("reconstructions", "samples", "latents")
@@ -132,4 +135,4 @@ class EventLog:
         try:
             self._writer.close()
         except OSError as error:
-            logging.warning("TensorBoard event files not flushed when closed: %s", error)
+            _DETAILS.warning("TensorBoard event files not flushed when closed: %s", error)
