@@ -179,38 +179,39 @@ class Timed:
     latest_state: Callable[[], Any] | None = None
 
 
-def prepare_vae_jax(model_name, batch_size, dtype, images, images_on_device, num_steps) -> Timed:
+def prepare_vae_jax(
+    model_name, batch_size, dtype, images, images_on_device, num_steps, masking=None, unroll=1
+) -> Timed:
     """What `python -m vae_jax.main` runs: `EpochRunner`'s device pipeline, its steps in
-    one compiled scan (or, with `step_loop='host'`, the compiled step called per step)."""
+    one compiled scan (or, with `step_loop='host'`, the compiled step called per step). With
+    `masking`, the scan is masked as the runner calls it (`num_valid` traced, here every step
+    valid); `unroll` is the scan's."""
     config, state, step = jax_setup(model_name, batch_size, dtype, images)
     steps_per_epoch = images.shape[0] // batch_size
     # 'auto' settles at a run's start by measuring (step_loops); the benchmark times the scan
     # unless the config asks for the host loop (benchmarks.scan_vs_loop times both).
     loop = "host" if choose_step_loop(config) == "host" else "scan"
+    valid = () if masking is None else (np.int32(num_steps),)
     started = time.perf_counter()
     if loop == "scan":
-        program = (
-            jax.jit(
-                make_train_epoch(step, batch_size, steps_per_epoch, num_steps),
-                donate_argnums=0,
-            )
-            .lower(state, images_on_device)
-            .compile()
+        epoch = make_train_epoch(
+            step, batch_size, steps_per_epoch, num_steps, unroll=unroll, masking=masking or "auto"
         )
+        program = jax.jit(epoch, donate_argnums=0).lower(state, images_on_device, *valid).compile()
     else:
         program = make_host_loop_epoch(step, batch_size, steps_per_epoch, num_steps)(
             state, images_on_device
         )
     compile_seconds = time.perf_counter() - started
     carried = {}
-    carried["state"], carried["metrics"] = program(state, images_on_device)  # warm-up
+    carried["state"], carried["metrics"] = program(state, images_on_device, *valid)  # warm-up
     jax.block_until_ready(carried["metrics"])
 
     def run() -> float:
         # The same batches each time: the epoch's order follows the step counter.
         state = carried["state"].replace(step=jnp.zeros((), jnp.int32))
         started = time.perf_counter()
-        carried["state"], carried["metrics"] = program(state, images_on_device)
+        carried["state"], carried["metrics"] = program(state, images_on_device, *valid)
         jax.block_until_ready(carried["metrics"])
         return time.perf_counter() - started
 

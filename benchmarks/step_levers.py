@@ -16,7 +16,8 @@
 
 Every figure is the best of `--repeats` timings of a compiled program after a warm-up, the
 variants of a table timed in turn, round by round (`run.time_interleaved`). Each row also
-gives the mean loss of its last timed call: rows that compute the same thing agree.
+gives the mean loss of its last timed call (`final_loss`): rows that compute the same thing
+agree.
 """
 
 from __future__ import annotations
@@ -24,15 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import accelerator, run
 from vae_jax import convolutions, data
-from vae_jax.step import make_train_epoch
 
 MLP_VARIANTS = {  # name: (masking or None for unmasked, unroll)
     "unmasked": (None, 1),
@@ -47,30 +44,10 @@ MLP_VARIANTS = {  # name: (masking or None for unmasked, unroll)
 
 
 def prepare(model, batch_size, dtype, images, steps, masking=None, unroll=1, form="phase"):
-    """One epoch program of `steps` steps, compiled, as a `run.Timed`."""
-    _, state, step = run.jax_setup(model, batch_size, dtype, images)
-    epoch = make_train_epoch(
-        step,
-        batch_size,
-        images.shape[0] // batch_size,
-        steps,
-        unroll=unroll,
-        masking=masking or "cond",
-    )
-    extra = () if masking is None else (np.int32(steps),)
+    """One epoch program of `steps` steps, compiled with the transposed convolutions' `form`,
+    as a `run.Timed` (`run.prepare_vae_jax`: what `python -m vae_jax.main` runs)."""
     with convolutions.transposed_form(form):
-        program = jax.jit(epoch, donate_argnums=0).lower(state, images, *extra).compile()
-    carried = {"state": state}
-
-    def call() -> float:
-        fresh = carried["state"].replace(step=jnp.zeros((), jnp.int32))
-        started = time.perf_counter()
-        carried["state"], carried["metrics"] = program(fresh, images, *extra)
-        jax.block_until_ready(carried["metrics"])
-        return time.perf_counter() - started
-
-    call()  # warm-up
-    return run.Timed(call, None, lambda: {"loss": float(np.mean(carried["metrics"]["loss"]))})
+        return run.prepare_vae_jax(model, batch_size, dtype, images, images, steps, masking, unroll)
 
 
 def timed_rows(variants: dict, repeats: int, per_call_examples: int) -> list[dict]:
@@ -159,7 +136,7 @@ def main(argv=None) -> dict:
             extra = f"  {row['ms_per_50k_epoch']:7.1f} ms/epoch" if part == "mlp" else ""
             print(
                 f"  {part:4} {row['variant']:18} {row['seconds_per_call'] * 1e3:9.2f} ms/call "
-                f"{row['examples_per_second']:>12,.0f} examples/s{extra}  loss {row['loss']:.4f}"
+                f"{row['examples_per_second']:>12,.0f} examples/s{extra}  loss {row['final_loss']:.4f}"
             )
     print(f"wrote {args.output}")
     return report

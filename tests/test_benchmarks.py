@@ -185,7 +185,7 @@ def test_step_levers_time_every_variant_and_equal_variants_agree(tmp_path):
         assert row["examples_per_second"] == pytest.approx(3 * 128 / row["seconds_per_call"])
         assert row["ms_per_50k_epoch"] == pytest.approx(50_000 / row["examples_per_second"] * 1e3)
     # A full call masked either way computes what the unmasked one does, bit for bit.
-    assert mlp["unmasked"]["loss"] == mlp["cond"]["loss"] == mlp["chunks"]["loss"]
+    assert mlp["unmasked"]["final_loss"] == mlp["cond"]["final_loss"] == mlp["chunks"]["final_loss"]
 
 
 @pytest.mark.parametrize(

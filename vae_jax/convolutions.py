@@ -242,7 +242,7 @@ def conv_transpose_4x4_stride_2(x: jax.Array, kernel: jax.Array, dtype=jnp.float
     def on_cpu(x, down_kernel):
         return _up_on_cpu(x, down_kernel, height, width)
 
-    def native(x, down_kernel):  # cuDNN's own transposed convolution (zeros inserted)
+    def native(x, _):  # cuDNN's own transposed convolution of the layer's kernel (zeros inserted)
         return jax.lax.conv_transpose(
             x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC, preferred_element_type=jnp.float32
         )

@@ -207,7 +207,7 @@ def supervise(
     hang_up = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # none on Windows
     for signum in (*_STOPS, *hang_up):
         signal.signal(signum, lambda signum, frame: worker.send_signal(signum))
-    for signum in _EARLY_STOPS:
+    for signum in stopping.early_stops():
         worker.send_signal(signum)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     status = worker.wait()
@@ -234,12 +234,10 @@ def become_worker() -> None:
 
 
 _STOPS = (signal.SIGTERM, signal.SIGINT)
-_EARLY_STOPS: list[int] = []
 
 
 def _defer_stop(signum, frame) -> None:
     del frame
-    _EARLY_STOPS.append(signum)
     stopping.note_early_stop(signum)
 
 
@@ -264,7 +262,7 @@ def release_stops() -> None:
     """Training alone: the usual handlers again, and a stop that came meanwhile acts now."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    for signum in _EARLY_STOPS:
+    for signum in stopping.early_stops():
         os.kill(os.getpid(), signum)
 
 
@@ -273,7 +271,7 @@ def pass_on_early_stops() -> None:
     the SIGTERM JAX's preemption service acts on, and Ctrl-C keeps doing so until the loop
     takes it over."""
     signal.signal(signal.SIGINT, _to_jax)
-    if _EARLY_STOPS:
+    if stopping.early_stops():
         os.kill(os.getpid(), signal.SIGTERM)
 
 

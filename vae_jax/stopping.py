@@ -20,10 +20,11 @@ import threading
 
 from absl import logging
 
-__all__ = ["StopSignals", "CoordinatedStop", "stop_signals", "note_early_stop", "early_stop"]
+__all__ = ["StopSignals", "CoordinatedStop", "stop_signals", "note_early_stop", "early_stops"]
 
 # Stop signals this process received before a StopSignals watched them (launch.py's start-up
-# handlers note them): a Ctrl-C that start-up passed on to JAX as a SIGTERM still reports SIGINT.
+# handlers note them, and pass them on from here): a Ctrl-C that start-up passed on to JAX as a
+# SIGTERM still reports SIGINT.
 _EARLY_STOPS: list[int] = []
 
 
@@ -32,9 +33,9 @@ def note_early_stop(signum: int) -> None:
     _EARLY_STOPS.append(signum)
 
 
-def early_stop() -> int | None:
-    """The first signal `note_early_stop` recorded, or None."""
-    return _EARLY_STOPS[0] if _EARLY_STOPS else None
+def early_stops() -> tuple[int, ...]:
+    """The signals `note_early_stop` recorded, in order."""
+    return tuple(_EARLY_STOPS)
 
 
 class StopSignals:
@@ -139,4 +140,4 @@ def stop_signals() -> StopSignals:
 
     if jax.process_count() == 1:
         return StopSignals()
-    return CoordinatedStop(early=early_stop())
+    return CoordinatedStop(early=(*early_stops(), None)[0])

@@ -92,8 +92,10 @@ class StreamingLoader:
             batches = _take(self.records, global_batches[:, first : first + share].ravel())
             batches = batches.reshape((stop - start, share, *batches.shape[1:]))
             if self.pad_chunks and stop - start < self.chunk_steps:
-                padding = np.zeros((self.chunk_steps - (stop - start), *batches.shape[1:]))
-                batches = np.concatenate([batches, padding.astype(batches.dtype)])
+                padding = np.zeros(
+                    (self.chunk_steps - (stop - start), *batches.shape[1:]), batches.dtype
+                )
+                batches = np.concatenate([batches, padding])
             yield batches
 
     def epoch(self, first_step: int, num_steps: int) -> Iterator[jax.Array]:
